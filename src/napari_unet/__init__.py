@@ -1,0 +1,50 @@
+"""napari-unet: train 2D/3D U-Nets and segment volumes larger than memory.
+
+The public API is imported lazily: ``import napari_unet`` loads neither torch, napari nor Qt,
+so napari starts fast and a script pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "UNet": "napari_unet.model.unet",
+    "ModelConfig": "napari_unet.config",
+    "PredictConfig": "napari_unet.config",
+    "ConfigError": "napari_unet.config",
+    "save_model": "napari_unet.model.checkpoint",
+    "load_model": "napari_unet.model.checkpoint",
+    "CheckpointError": "napari_unet.model.checkpoint",
+    "predict": "napari_unet.api",
+    "predict_iter": "napari_unet.api",
+    "open_volume": "napari_unet.io",
+    "InputError": "napari_unet.io",
+    "dice": "napari_unet.metrics",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import predict, predict_iter
+    from .config import ConfigError, ModelConfig, PredictConfig
+    from .io import InputError, open_volume
+    from .metrics import dice
+    from .model.checkpoint import CheckpointError, load_model, save_model
+    from .model.unet import UNet
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_unet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

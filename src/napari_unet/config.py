@@ -1,0 +1,333 @@
+"""Validated configuration objects shared by the napari widgets, the CLI and the Python API.
+
+Every config is a frozen dataclass that checks itself on construction, so a bad value fails
+where it is set (a widget field, a CLI flag, a YAML file) with a message naming the field and
+the fix, never deep inside a worker thread.  Configs round-trip through plain dicts, JSON and
+YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "PredictConfig",
+    "NORMS",
+    "MODES",
+    "PRECISIONS",
+    "BLENDINGS",
+]
+
+NORMS = ("batch", "instance", "group", "none")
+MODES = ("probabilities", "semantic", "instances", "logits")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BLENDINGS = ("gaussian", "constant")
+
+T = TypeVar("T", bound="_Config")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what to do."""
+
+
+def _tuple_or_none(value: Any, name: str, length: int | None = None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value,) * (length or 1)
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name} must be a sequence of integers, got {value!r}") from err
+    if length is not None and len(out) != length:
+        raise ConfigError(f"{name} must have {length} values (one per spatial axis), got {out}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """Base class: dict / JSON / YAML round-trip with unknown-key detection."""
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            return v
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__}: unknown option(s) {unknown}; valid options are {sorted(names)}"
+            )
+        return cls(**dict(data))
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        """Write the config to ``path`` (``.json``, or ``.yaml``/``.yml``)."""
+        path = Path(path)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=True))
+        else:
+            path.write_text(self.to_json())
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        """Read a config written by :meth:`save` (JSON or YAML)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} does not hold a mapping of options")
+        return cls.from_dict(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Config):
+    """Architecture of a :class:`~napari_unet.model.unet.UNet`.
+
+    Parameters
+    ----------
+    spatial_dims : int
+        2 for YX images, 3 for ZYX volumes.
+    in_channels, out_channels : int
+        Input channels and output classes (logits).  ``out_channels == 1`` means a binary
+        model whose logit goes through a sigmoid.
+    depth : int
+        Number of poolings (1-6; 3-6 typical).
+    base_filters : int
+        Filters of the first level (any >= 1; 32-128 typical).
+    growth : float
+        Filter growth per level (1.5-2 typical).
+    norm : {"batch", "instance", "group", "none"}
+        Normalisation after each convolution; group or instance suit small 3D batches.
+    groups : int
+        Number of groups for group norm (reduced to a divisor of the channel count).
+    dropout : float
+        Dropout probability in the bottleneck.
+    pool_factors : sequence of per-level tuples, optional
+        Pooling factor per level and axis, e.g. ``[(1, 2, 2), (1, 2, 2), (2, 2, 2)]`` for an
+        anisotropic stack.  Default: 2 along every axis at every level.
+    """
+
+    spatial_dims: int = 2
+    in_channels: int = 1
+    out_channels: int = 2
+    depth: int = 4
+    base_filters: int = 32
+    growth: float = 2.0
+    norm: str = "batch"
+    groups: int = 8
+    dropout: float = 0.0
+    pool_factors: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        for name in ("in_channels", "out_channels", "base_filters", "groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.depth, int) or not 1 <= self.depth <= 6:
+            raise ConfigError(f"depth must be an integer from 1 to 6, got {self.depth!r}")
+        if not 1.0 <= float(self.growth) <= 4.0:
+            raise ConfigError(f"growth must be between 1 and 4 (1.5-2 typical), got {self.growth}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pool_factors is not None:
+            factors = tuple(
+                _tuple_or_none(f, f"pool_factors[{i}]", self.spatial_dims)
+                for i, f in enumerate(self.pool_factors)
+            )
+            if len(factors) != self.depth:
+                raise ConfigError(
+                    f"pool_factors needs one entry per level (depth={self.depth}), "
+                    f"got {len(factors)}"
+                )
+            if any(v < 1 for f in factors for v in f):  # type: ignore[union-attr]
+                raise ConfigError(f"pool factors must be >= 1, got {factors}")
+            object.__setattr__(self, "pool_factors", factors)
+
+    @property
+    def level_factors(self) -> tuple[tuple[int, ...], ...]:
+        """Pooling factor per level and axis (explicit form of ``pool_factors``)."""
+        if self.pool_factors is None:
+            return tuple((2,) * self.spatial_dims for _ in range(self.depth))
+        return self.pool_factors
+
+    @property
+    def size_multiple(self) -> tuple[int, ...]:
+        """Each spatial size fed to the network must be a multiple of these."""
+        out = [1] * self.spatial_dims
+        for factors in self.level_factors:
+            out = [o * f for o, f in zip(out, factors, strict=True)]
+        return tuple(out)
+
+    @property
+    def filters(self) -> tuple[int, ...]:
+        """Filters per level, from the top level down to the bottleneck."""
+        return tuple(
+            max(1, int(round(self.base_filters * self.growth**i))) for i in range(self.depth + 1)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig(_Config):
+    """Settings of tiled, out-of-core prediction.
+
+    Parameters
+    ----------
+    mode : {"probabilities", "semantic", "instances", "logits"}
+        What to write: class probabilities (channel first), argmax / threshold labels,
+        instance labels (connected components correct across blocks), or the blended raw
+        model output.
+    tile : tuple of int, optional
+        Network input size per spatial axis.  Rounded up to a valid size for the model and
+        clipped to the image; default: the model's recommended tile.
+    overlap : float or tuple of int
+        Overlap of neighbouring tiles, as a fraction of the tile (0 <= f < 1) or in voxels.
+    blending : {"gaussian", "constant"}
+        Weights used to blend overlapping tiles.
+    sigma_scale : float
+        Gaussian sigma as a fraction of the tile size.
+    batch_size : int
+        Tiles per forward pass.
+    block_shape : tuple of int, optional
+        Spatial size of one unit of work (read, predict, write); a multiple of ``chunk_shape``.
+        Memory grows with it, never with the volume.
+    chunk_shape : tuple of int, optional
+        Spatial chunk shape of the output zarr array.
+    device : str
+        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "mps".
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        "auto" uses bf16 (or fp16) autocast on a GPU and fp32 on the CPU.
+    probability_dtype : {"float16", "float32"}
+        Storage type of probabilities.
+    threshold : float
+        Foreground threshold of binary (one-channel) models.
+    axes : str, optional
+        Axes of the input, letters from "TCZYX" (e.g. "ZYX", "CYX", "TZYX").  Inferred when
+        omitted.  With a 2D model, a "Z" axis is processed slice by slice.
+    normalize : tuple of float, optional
+        Low/high percentiles of the intensity normalisation, computed once per volume.
+        Default: the model's training normalisation, else (1, 99.8).
+    prefetch : int
+        Blocks read ahead of the one being computed (and writes allowed to lag behind).
+    overwrite : bool
+        Replace an existing output that belongs to another job.
+    """
+
+    mode: str = "semantic"
+    tile: tuple[int, ...] | None = None
+    overlap: float | tuple[int, ...] = 0.25
+    blending: str = "gaussian"
+    sigma_scale: float = 0.125
+    batch_size: int = 4
+    block_shape: tuple[int, ...] | None = None
+    chunk_shape: tuple[int, ...] | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    probability_dtype: str = "float16"
+    threshold: float = 0.5
+    axes: str | None = None
+    normalize: tuple[float, float] | None = None
+    prefetch: int = 2
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.blending not in BLENDINGS:
+            raise ConfigError(f"blending must be one of {BLENDINGS}, got {self.blending!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.probability_dtype not in ("float16", "float32"):
+            raise ConfigError(
+                f"probability_dtype must be 'float16' or 'float32', got {self.probability_dtype!r}"
+            )
+        dev = str(self.device)
+        if not (dev in ("auto", "cpu", "mps", "cuda") or dev.startswith("cuda:")):
+            raise ConfigError(
+                f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
+            )
+        for name in ("tile", "block_shape", "chunk_shape"):
+            value = _tuple_or_none(getattr(self, name), name)
+            if value is not None and any(v < 1 for v in value):
+                raise ConfigError(f"{name} values must be >= 1, got {value}")
+            object.__setattr__(self, name, value)
+        if isinstance(self.overlap, (int, float)) and not isinstance(self.overlap, bool):
+            if not 0.0 <= float(self.overlap) < 1.0:
+                raise ConfigError(
+                    f"overlap as a fraction must be in [0, 1), got {self.overlap}; "
+                    "give a tuple of voxel counts for an absolute overlap"
+                )
+            object.__setattr__(self, "overlap", float(self.overlap))
+        else:
+            ov = _tuple_or_none(self.overlap, "overlap")
+            if ov is None or any(v < 0 for v in ov):
+                raise ConfigError(f"overlap in voxels must be >= 0, got {self.overlap}")
+            object.__setattr__(self, "overlap", ov)
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise ConfigError(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
+        if not 0.0 < float(self.sigma_scale) <= 1.0:
+            raise ConfigError(f"sigma_scale must be in (0, 1], got {self.sigma_scale}")
+        if not 0.0 < float(self.threshold) < 1.0:
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.axes is not None:
+            axes = str(self.axes).upper()
+            if not axes or any(a not in "TCZYX" for a in axes) or len(set(axes)) != len(axes):
+                raise ConfigError(
+                    f"axes must be distinct letters from 'TCZYX' (e.g. 'ZYX', 'CYX'), "
+                    f"got {self.axes!r}"
+                )
+            object.__setattr__(self, "axes", axes)
+        if self.normalize is not None:
+            try:
+                lo, hi = (float(v) for v in self.normalize)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(
+                    f"normalize must be two percentiles (low, high), got {self.normalize!r}"
+                ) from err
+            if not 0.0 <= lo < hi <= 100.0:
+                raise ConfigError(f"normalize percentiles must satisfy 0 <= low < high <= 100, "
+                                  f"got {(lo, hi)}")
+            object.__setattr__(self, "normalize", (lo, hi))
+
+
+def as_spatial_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    """Broadcast an int or check a sequence to ``ndim`` spatial values."""
+    out = _tuple_or_none(value, name, ndim)
+    assert out is not None
+    return out

@@ -1,0 +1,1 @@
+"""Built-in data: synthetic nuclei images and volumes with ground truth."""

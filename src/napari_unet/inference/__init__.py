@@ -1,0 +1,1 @@
+"""Tile geometry and the out-of-core block engine."""

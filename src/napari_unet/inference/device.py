@@ -1,0 +1,69 @@
+"""Device and precision choice, said out loud (users lose hours to silent CPU fallbacks)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["select_device", "select_precision", "autocast", "release_memory"]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu; an explicit GPU that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {name!r} was requested but this torch build sees no CUDA GPU "
+            f"(torch {torch.__version__}); use device='cpu' or install a CUDA build of torch"
+        )
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device {name!r} does not exist: {torch.cuda.device_count()} GPU(s) visible"
+            )
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise RuntimeError("device 'mps' was requested but Apple MPS is not available")
+    return device
+
+
+def select_precision(precision: str, device: torch.device) -> str:
+    """Resolve ``"auto"``: bf16 (or fp16 where bf16 is missing) on a GPU, fp32 on the CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "fp32"
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Mixed-precision context for ``precision`` ("fp32" disables autocast)."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
+        yield
+
+
+def release_memory(device: torch.device) -> None:
+    """Hand cached GPU memory back so napari need not be restarted after a run."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

@@ -1,0 +1,504 @@
+"""Out-of-core tiled prediction: blocks -> tiles -> model -> blend -> chunk-aligned writes.
+
+The volume is cut into blocks aligned with the output chunks.  Each block is an independent
+unit of work: read the block plus the context its tiles need, run the tiles of the global tile
+grid that touch it in batches, blend them with Gaussian (or constant) weights, and write the
+block's chunks.  Memory is set by the block size and the number of blocks in flight, never by
+the volume.  Reading the next blocks and writing finished ones run in threads beside compute.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import math
+import os
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+
+from .. import postprocess
+from ..config import PredictConfig
+from ..events import BlockDone, Cancelled, Progress, StageStarted
+from ..io import InputError, open_volume
+from ..normalize import DEFAULT_PERCENTILES, Normalization, percentile_normalization
+from .device import autocast, release_memory, select_device, select_precision
+from .layout import Layout, resolve_layout
+from .store import OutputStore
+from .tiling import TileGrid, blending_weights, block_regions, round_up
+
+__all__ = ["ModelSpec", "resolve_model", "predict_iter", "plan_shapes"]
+
+DEFAULT_TILE = {2: 512, 3: 96}
+DEFAULT_CHUNK = {2: 256, 3: 64}
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """What the engine needs to know about a model (a UNet or any compatible module)."""
+
+    module: torch.nn.Module
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    size_multiple: tuple[int, ...]
+    metadata: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        """Architecture and a digest of the weights (part of a job's fingerprint)."""
+        config = getattr(self.module, "config", None)
+        arch = config.to_dict() if hasattr(config, "to_dict") else type(self.module).__name__
+        return {"config": arch, "weights": self.weights_digest()}
+
+    def weights_digest(self) -> str:
+        h = hashlib.sha256(type(self.module).__name__.encode())
+        for name, tensor in self.module.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+def resolve_model(model: Any) -> ModelSpec:
+    """Accept a UNet, a model file path, or a module exposing the same attributes.
+
+    A non-UNet module must define ``spatial_dims``, ``in_channels``, ``out_channels`` and
+    optionally ``size_multiple`` -- enough to plan tiles (used e.g. by identity models in tests).
+    """
+    from ..model.checkpoint import load_model
+    from ..model.unet import UNet
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    if isinstance(model, UNet):
+        cfg = model.config
+        return ModelSpec(
+            model, cfg.spatial_dims, cfg.in_channels, cfg.out_channels, cfg.size_multiple,
+            dict(getattr(model, "metadata", {})),
+        )
+    if isinstance(model, torch.nn.Module) and all(
+        hasattr(model, a) for a in ("spatial_dims", "in_channels", "out_channels")
+    ):
+        sd = int(model.spatial_dims)
+        multiple = tuple(getattr(model, "size_multiple", (1,) * sd))
+        return ModelSpec(
+            model, sd, int(model.in_channels), int(model.out_channels), multiple,
+            dict(getattr(model, "metadata", {})),
+        )
+    raise TypeError(
+        f"model must be a napari_unet UNet, a path to a saved model, or a torch module with "
+        f"spatial_dims / in_channels / out_channels attributes; got {type(model).__name__}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    layout: Layout
+    lead_shape: tuple[int, ...]
+    spatial_shape: tuple[int, ...]
+    grid: TileGrid
+    block: tuple[int, ...]
+    chunk: tuple[int, ...]
+
+    @property
+    def units(self) -> list[tuple[tuple[int, ...], tuple[slice, ...]]]:
+        regions = list(block_regions(self.spatial_shape, self.block))
+        return [(lead, r) for lead in np.ndindex(*self.lead_shape) for r in regions]
+
+
+def plan_shapes(
+    spatial_shape: tuple[int, ...], spec: ModelSpec, config: PredictConfig
+) -> tuple[TileGrid, tuple[int, ...], tuple[int, ...]]:
+    """Tile grid, block shape and chunk shape for a volume (pure; no I/O)."""
+    sd = spec.spatial_dims
+
+    def per_axis(value: Any, name: str) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        value = tuple(value)
+        if len(value) == 1:
+            value = value * sd
+        if len(value) != sd:
+            raise InputError(f"{name} {value} needs {sd} values for a {sd}D model")
+        return value
+
+    tile = per_axis(config.tile, "tile") or per_axis(spec.metadata.get("tile"), "tile")
+    tile = tile or (DEFAULT_TILE[sd],) * sd
+    overlap = config.overlap
+    if not isinstance(overlap, float):
+        overlap = per_axis(overlap, "overlap")
+    grid = TileGrid.build(spatial_shape, tile, overlap, spec.size_multiple)
+
+    chunk = per_axis(config.chunk_shape, "chunk_shape")
+    block = per_axis(config.block_shape, "block_shape")
+    if chunk is None:
+        chunk = block if block is not None else (DEFAULT_CHUNK[sd],) * sd
+    chunk = tuple(min(c, s) for c, s in zip(chunk, spatial_shape, strict=True))
+    if block is None:
+        # Blocks span >= 2 tiles per axis: a tile that straddles a block border is computed
+        # by both blocks, so larger blocks waste less.
+        block = tuple(round_up(max(2 * t, c), c) for t, c in zip(grid.tile, chunk, strict=True))
+    bad = [(b, c) for b, c in zip(block, chunk, strict=True) if b % c]
+    if bad:
+        raise InputError(
+            f"block_shape {block} must be a multiple of the output chunk_shape {chunk} so that "
+            "blocks never share a chunk"
+        )
+    block = tuple(min(b, round_up(s, c)) for b, s, c in zip(block, spatial_shape, chunk,
+                                                             strict=True))
+    return grid, block, chunk
+
+
+def _normalization(
+    canonical: da.Array, n_lead: int, spec: ModelSpec, config: PredictConfig, source: str
+) -> tuple[Normalization, dict[str, Any]]:
+    meta = spec.metadata.get("normalization") or {}
+    if config.normalize is None and meta.get("kind") == "none":
+        norm = Normalization.identity(spec.in_channels)
+        return norm, {"kind": "none", **norm.to_dict()}
+    pct = config.normalize or (
+        (float(meta["low"]), float(meta["high"]))
+        if meta.get("kind") == "percentile" else DEFAULT_PERCENTILES
+    )
+    try:
+        norm = percentile_normalization(canonical, n_lead, pct, source=source)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    return norm, {"kind": "percentile", "percentiles": list(pct), **norm.to_dict()}
+
+
+def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class _BlockRunner:
+    """Runs the tiles of one block through the model and blends them on the device."""
+
+    def __init__(
+        self, spec: ModelSpec, plan: _Plan, config: PredictConfig, device: torch.device,
+        precision: str,
+    ) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.config = config
+        self.device = device
+        self.precision = precision
+        grid = plan.grid
+        w = blending_weights(grid.tile, config.blending, config.sigma_scale)
+        w = w[tuple(slice(0, v) for v in grid.valid)]
+        self.weights = torch.from_numpy(np.ascontiguousarray(w)).to(device)
+        self.pin = device.type == "cuda"
+
+    def _tile_input(
+        self, x: np.ndarray, in_region: tuple[slice, ...], origin: tuple[int, ...]
+    ) -> np.ndarray:
+        grid = self.plan.grid
+        sl = tuple(
+            slice(o - r.start, o - r.start + v)
+            for o, r, v in zip(origin, in_region, grid.valid, strict=True)
+        )
+        tile = x[(slice(None), *sl)]
+        pad = [(0, t - v) for t, v in zip(grid.tile, grid.valid, strict=True)]
+        if any(p for _, p in pad):
+            # Only along axes shorter than one tile: the same padding for every block.
+            modes = "reflect" if min(tile.shape[1:]) > 1 else "edge"
+            tile = np.pad(tile, [(0, 0), *pad], mode=modes)
+        return tile
+
+    @torch.inference_mode()
+    def __call__(
+        self, x: np.ndarray, in_region: tuple[slice, ...], region: tuple[slice, ...]
+    ) -> torch.Tensor:
+        """Blended logits ``(C_out, *region)`` of one block, on the device."""
+        grid = self.plan.grid
+        shape = tuple(r.stop - r.start for r in region)
+        acc = torch.zeros((self.spec.out_channels, *shape), dtype=torch.float32,
+                          device=self.device)
+        wsum = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        tiles = grid.tiles_touching(region)
+        for batch in _batches(tiles, self.config.batch_size):
+            xb = torch.from_numpy(np.stack([self._tile_input(x, in_region, o) for o in batch]))
+            if self.pin:
+                xb = xb.pin_memory()
+            xb = xb.to(self.device, non_blocking=True)
+            with autocast(self.device, self.precision):
+                yb = self.spec.module(xb)
+            yb = yb.float()
+            if yb.shape[1] != self.spec.out_channels or yb.shape[2:] != xb.shape[2:]:
+                raise RuntimeError(
+                    f"the model returned shape {tuple(yb.shape)} for input {tuple(xb.shape)}; "
+                    f"expected {self.spec.out_channels} channels and the same spatial size"
+                )
+            for y, origin in zip(yb, batch, strict=True):
+                src, dst = [], []
+                for o, v, r in zip(origin, grid.valid, region, strict=True):
+                    a, b = max(o, r.start), min(o + v, r.stop)
+                    src.append(slice(a - o, b - o))
+                    dst.append(slice(a - r.start, b - r.start))
+                w = self.weights[tuple(src)]
+                acc[(slice(None), *dst)] += y[(slice(None), *src)] * w
+                wsum[tuple(dst)] += w
+        return acc / wsum
+
+
+def predict_iter(
+    model: Any,
+    image: Any,
+    output: Any = None,
+    config: PredictConfig | None = None,
+    cancel: Callable[[], bool] | None = None,
+    **overrides: Any,
+) -> Generator[Any, None, Any]:
+    """Predict ``image`` block by block, yielding progress events; returns the result.
+
+    Parameters
+    ----------
+    model : UNet, path or module
+        The network (see :func:`resolve_model`).
+    image : array-like or path
+        numpy / dask / zarr array or a path to zarr / OME-Zarr / TIFF, read lazily.
+    output : path, optional
+        A ``.zarr`` folder to write to (created, or resumed when it holds an unfinished run of
+        the same job).  None keeps the result in memory and returns a numpy array.
+    config : PredictConfig, optional
+        Settings; keyword ``overrides`` replace individual fields.
+    cancel : callable, optional
+        Polled between blocks; returning True stops after the blocks in flight are written
+        and raises :class:`~napari_unet.events.Cancelled`.  Running again resumes.
+
+    Yields
+    ------
+    StageStarted, BlockDone, Progress
+
+    Returns
+    -------
+    zarr.Array or numpy.ndarray
+        The result array (in the store at ``output``, or in memory).
+    """
+    config = (config or PredictConfig()).replace(**overrides) if overrides else (
+        config or PredictConfig()
+    )
+    spec = resolve_model(model)
+    array, info = open_volume(image)
+    source = info.source
+    if output is not None and isinstance(image, (str, os.PathLike)):
+        _check_not_same_path(image, output)
+    axes = config.axes or (info.axes if info.axes and len(info.axes) == array.ndim else None)
+    layout = resolve_layout(tuple(array.shape), spec.spatial_dims, spec.in_channels, axes,
+                            source)
+    canonical = layout.canonical(array)
+    n_lead = len(layout.lead_axes)
+    lead_shape = tuple(canonical.shape[:n_lead])
+    spatial_shape = tuple(canonical.shape[n_lead + 1 :])
+    grid, block, chunk = plan_shapes(spatial_shape, spec, config)
+    plan = _Plan(layout, lead_shape, spatial_shape, grid, block, chunk)
+    device = select_device(config.device)
+    precision = select_precision(config.precision, device)
+    label_mode = spec.metadata.get("label_mode")
+
+    yield StageStarted("normalize", message="computing intensity percentiles")
+    norm, norm_record = _normalization(canonical, n_lead, spec, config, source)
+
+    units = plan.units
+    # Instance labelling runs per time point; z processed slice by slice is still one volume.
+    frame_shape = lead_shape[: 1] if "T" in layout.lead_axes else ()
+    n_frames = math.prod(frame_shape) if config.mode == "instances" else 0
+    arrays, result_name = _array_specs(config, spec, plan)
+    job = {
+        "model": spec.describe(),
+        "input": {"source": source, "shape": list(array.shape), "dtype": str(array.dtype),
+                  "axes": layout.axes},
+        "normalization": norm_record,
+        "tile": list(grid.tile), "overlap": list(grid.overlap), "blending": config.blending,
+        "sigma_scale": config.sigma_scale, "mode": config.mode,
+        "threshold": config.threshold, "probability_dtype": config.probability_dtype,
+        "block": list(block), "chunk": list(chunk), "precision": precision,
+        "label_mode": label_mode,
+        "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
+    }
+    store = OutputStore.open_or_create(
+        output, job, arrays, result_name, len(units), n_frames, config.overwrite
+    )
+
+    runner = _BlockRunner(spec, plan, config, device, precision)
+    was_training = spec.module.training
+    spec.module.eval()
+    spec.module.to(device)
+    try:
+        yield from _run_blocks(store, plan, units, canonical, norm, runner, config, cancel,
+                               source)
+        if config.mode == "instances":
+            yield from _label(store, frame_shape, lead_shape, label_mode, cancel)
+    finally:
+        spec.module.train(was_training)
+        release_memory(device)
+    result = store.result
+    return result[...] if output is None else result
+
+
+def _check_not_same_path(image: Any, output: Any) -> None:
+    from pathlib import Path
+
+    a, b = Path(image).resolve(), Path(output).resolve()
+    if a == b or b in a.parents:
+        raise InputError(f"output {str(output)!r} would overwrite the input {str(image)!r}")
+
+
+def _array_specs(
+    config: PredictConfig, spec: ModelSpec, plan: _Plan
+) -> tuple[dict[str, dict[str, Any]], str]:
+    lead = plan.lead_shape
+    ones = (1,) * len(lead)
+    c_out = spec.out_channels
+    if config.mode in ("probabilities", "logits"):
+        dtype = config.probability_dtype if config.mode == "probabilities" else "float32"
+        return {
+            config.mode: dict(shape=(*lead, c_out, *plan.spatial_shape),
+                                chunks=(*ones, c_out, *plan.chunk), dtype=dtype)
+        }, config.mode
+    classes = dict(shape=(*lead, *plan.spatial_shape), chunks=(*ones, *plan.chunk),
+                   dtype=postprocess.semantic_dtype(c_out))
+    if config.mode == "semantic":
+        return {"labels": classes}, "labels"
+    labels = dict(shape=classes["shape"], chunks=classes["chunks"], dtype="uint32")
+    return {"semantic": classes, "labels": labels}, "labels"
+
+
+def _block_arrays(
+    logits: torch.Tensor, config: PredictConfig
+) -> tuple[str, np.ndarray]:
+    if config.mode == "logits":
+        return "logits", logits.cpu().numpy()
+    if config.mode == "probabilities":
+        probs = postprocess.probabilities(logits)
+        return "probabilities", probs.cpu().numpy().astype(config.probability_dtype)
+    name = "labels" if config.mode == "semantic" else "semantic"
+    return name, postprocess.semantic(logits, config.threshold).cpu().numpy()
+
+
+def _run_blocks(
+    store: OutputStore,
+    plan: _Plan,
+    units: list[tuple[tuple[int, ...], tuple[slice, ...]]],
+    canonical: da.Array,
+    norm: Normalization,
+    runner: _BlockRunner,
+    config: PredictConfig,
+    cancel: Callable[[], bool] | None,
+    source: str,
+) -> Generator[Any, None, None]:
+    total = len(units)
+    done_flags = store.done_blocks()
+    todo = [i for i in range(total) if not done_flags[i]]
+    n_done = total - len(todo)
+    yield StageStarted("predict", total=total,
+                       message=f"{n_done} of {total} blocks already done" if n_done else "")
+    for i in range(total):
+        if done_flags[i]:
+            yield BlockDone(i, units[i][1], int(done_flags[: i + 1].sum()), total, skipped=True)
+    if not todo:
+        return
+    n_lead = len(plan.lead_shape)
+    channel_out = config.mode in ("probabilities", "logits")
+
+    def read(i: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+        lead, region = units[i]
+        in_region = plan.grid.input_region(plan.grid.tiles_touching(region))
+        x = np.asarray(canonical[(*lead, slice(None), *in_region)].compute(
+            scheduler="synchronous"))
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+            where = ", ".join(f"{s.start}:{s.stop}" for s in in_region)
+            raise InputError(
+                f"{source}: NaN or infinite values in the region [{where}]"
+                f"{' at index ' + str(lead) if lead else ''}; replace them (e.g. "
+                "numpy.nan_to_num) and run again -- finished blocks are kept"
+            )
+        return norm.apply(x, channel_axis=0), in_region
+
+    def write(i: int, name: str, data: np.ndarray) -> None:
+        lead, region = units[i]
+        index = (*lead, slice(None), *region) if channel_out else (*lead, *region)
+        target = store[name]
+        target[index] = data.astype(target.dtype, copy=False)
+        store.mark_block(i)
+
+    reader = cf.ThreadPoolExecutor(max_workers=max(1, config.prefetch), thread_name_prefix="nu-read")
+    writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nu-write")
+    reads: collections.deque[tuple[int, cf.Future]] = collections.deque()
+    writes: collections.deque[tuple[int, cf.Future]] = collections.deque()
+    queue = collections.deque(todo)
+
+    def refill() -> None:
+        while queue and len(reads) < max(1, config.prefetch):
+            i = queue.popleft()
+            reads.append((i, reader.submit(read, i)))
+
+    try:
+        refill()
+        while reads:
+            if cancel is not None and cancel():
+                for _, fut in reads:
+                    fut.cancel()
+                for _, fut in writes:
+                    fut.result()
+                raise Cancelled(
+                    f"prediction cancelled after {n_done} of {total} blocks; finished blocks are "
+                    "kept and running the same command again resumes"
+                )
+            i, fut = reads.popleft()
+            x, in_region = fut.result()
+            refill()
+            logits = runner(x, in_region, units[i][1])
+            name, data = _block_arrays(logits, config)
+            del logits
+            writes.append((i, writer.submit(write, i, name, data)))
+            while writes and (len(writes) > max(1, config.prefetch) or writes[0][1].done()):
+                j, wfut = writes.popleft()
+                wfut.result()
+                n_done += 1
+                yield BlockDone(j, units[j][1], n_done, total)
+        while writes:
+            j, wfut = writes.popleft()
+            wfut.result()
+            n_done += 1
+            yield BlockDone(j, units[j][1], n_done, total)
+    finally:
+        for _, fut in reads:
+            fut.cancel()
+        # Blocks already computed are written before returning, even on cancel or error.
+        for _, fut in writes:
+            try:
+                fut.result()
+            except Exception:  # the first error was already raised to the caller
+                pass
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
+
+
+def _label(
+    store: OutputStore,
+    frame_shape: tuple[int, ...],
+    lead_shape: tuple[int, ...],
+    label_mode: str | None,
+    cancel: Callable[[], bool] | None,
+) -> Generator[Any, None, None]:
+    frames = list(np.ndindex(*frame_shape))
+    done = store.done_frames()
+    yield StageStarted("label", total=len(frames), message="connected components")
+    classes = da.from_zarr(store["semantic"])
+    for k, frame in enumerate(frames):
+        if not done[k]:
+            if cancel is not None and cancel():
+                raise Cancelled("labelling cancelled; running again resumes")
+            labels = postprocess.label_instances(classes[frame], label_mode)
+            labels = labels.reshape((1,) * len(frame) + labels.shape)
+            region = tuple(slice(f, f + 1) for f in frame) + (slice(None),) * (labels.ndim
+                                                                              - len(frame))
+            da.store(labels, store.result, regions=region, lock=False)
+            store.mark_frame(k)
+        yield Progress("label", k + 1, len(frames))

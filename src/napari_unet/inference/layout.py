@@ -1,0 +1,145 @@
+"""Axes of an input image: which are spatial, which are channels, which are iterated over.
+
+The engine works on a canonical view ``(*lead, C, *spatial)``: ``lead`` holds a time axis
+and, for a 2D model on a 3D stack, the z axis processed slice by slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dask.array as da
+
+from ..io import InputError
+
+__all__ = ["Layout", "resolve_layout"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How an input's axes map onto the canonical ``(*lead, C, *spatial)`` view.
+
+    Attributes
+    ----------
+    axes : str
+        Input axes, e.g. "TCZYX", "YXC", "ZYX".
+    lead_axes : str
+        Iterated axes in canonical order ("T", "Z" for per-slice, or both).
+    spatial_axes : str
+        "YX" or "ZYX".
+    has_channel : bool
+        Whether the input has an explicit channel axis.
+    """
+
+    axes: str
+    lead_axes: str
+    spatial_axes: str
+    has_channel: bool
+
+    @property
+    def per_slice(self) -> bool:
+        """A 2D model runs over a z stack slice by slice."""
+        return "Z" in self.lead_axes
+
+    def canonical(self, image: da.Array) -> da.Array:
+        """Reorder ``image`` to ``(*lead, C, *spatial)`` (C added when absent)."""
+        order = [self.axes.index(a) for a in self.lead_axes]
+        if self.has_channel:
+            order.append(self.axes.index("C"))
+        order += [self.axes.index(a) for a in self.spatial_axes]
+        out = image.transpose(order)
+        if not self.has_channel:
+            n = len(self.lead_axes)
+            out = da.expand_dims(out, axis=n)
+        return out
+
+    def output_axes(self, with_channel: bool) -> str:
+        return self.lead_axes + ("C" if with_channel else "") + self.spatial_axes
+
+
+def _infer_axes(shape: tuple[int, ...], spatial_dims: int, in_channels: int, source: str) -> str:
+    nd = len(shape)
+    spatial = "YX" if spatial_dims == 2 else "ZYX"
+    extra = nd - spatial_dims
+    hint = "pass axes= (e.g. axes='ZYX', 'CYX', 'YXC', 'TZYX')"
+    if extra == 0:
+        if in_channels > 1:
+            raise InputError(
+                f"{source}: shape {shape} has no channel axis but the model takes "
+                f"{in_channels} channels; give an image with a channel axis or {hint}"
+            )
+        return spatial
+    if extra == 1:
+        if in_channels > 1:
+            if spatial_dims == 2 and shape[-1] == in_channels:
+                return "YXC"
+            if shape[0] == in_channels:
+                return "C" + spatial
+            raise InputError(
+                f"{source}: shape {shape} has no axis of size {in_channels} where the channels "
+                f"are expected (first or last); {hint}"
+            )
+        if spatial_dims == 2:
+            if shape[-1] in (3, 4) and min(shape[:2]) > 4:
+                raise InputError(
+                    f"{source}: shape {shape} looks like an RGB(A) image but the model takes one "
+                    "channel; convert it to grayscale, or pass axes='ZYX' if it is a stack of "
+                    f"{shape[-1]} slices"
+                )
+            return "ZYX"  # 2D model over a stack: slice by slice
+        if shape[0] == 1:
+            return "CZYX"
+        return "TZYX"
+    if extra == 2:
+        if in_channels > 1 and shape[1] == in_channels:
+            return "TC" + spatial
+        if in_channels == 1 and shape[1] == 1:
+            return "TC" + spatial
+        if in_channels == 1 and spatial_dims == 2:
+            return "TZYX"
+        raise InputError(f"{source}: cannot tell the axes of shape {shape}; {hint}")
+    raise InputError(
+        f"{source}: a {spatial_dims}D model cannot take a {nd}D image of shape {shape}; "
+        f"expected {spatial_dims}D to {spatial_dims + 2}D ({hint})"
+    )
+
+
+def resolve_layout(
+    shape: tuple[int, ...],
+    spatial_dims: int,
+    in_channels: int,
+    axes: str | None = None,
+    source: str = "input",
+) -> Layout:
+    """Check the input against the model and decide the role of each axis.
+
+    Raises
+    ------
+    InputError
+        The image has the wrong number of dimensions, no or the wrong channel axis, or
+        axes that contradict its shape.
+    """
+    if axes is None:
+        axes = _infer_axes(shape, spatial_dims, in_channels, source)
+    axes = axes.upper()
+    if len(axes) != len(shape):
+        raise InputError(f"{source}: axes {axes!r} do not match the {len(shape)}D shape {shape}")
+    spatial = "YX" if spatial_dims == 2 else "ZYX"
+    missing = [a for a in spatial if a not in axes]
+    if missing:
+        raise InputError(
+            f"{source}: a {spatial_dims}D model needs axes {spatial}, axes {axes!r} lack "
+            f"{''.join(missing)}"
+        )
+    has_c = "C" in axes
+    n_channels = shape[axes.index("C")] if has_c else 1
+    if n_channels != in_channels:
+        raise InputError(
+            f"{source}: the image has {n_channels} channel(s) (axes {axes}, shape {shape}) but "
+            f"the model takes {in_channels}; choose a matching model or image"
+        )
+    lead = "".join(a for a in "TZ" if a in axes and a not in spatial)
+    for a, s in zip(axes, shape, strict=True):
+        if s < 1:
+            raise InputError(f"{source}: axis {a} of shape {shape} is empty")
+    return Layout(axes, lead, spatial, has_c)

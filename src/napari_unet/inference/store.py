@@ -1,0 +1,202 @@
+"""The output store of a prediction job, which also records the job's progress.
+
+An output is a zarr group::
+
+    out.zarr/               attrs["napari_unet"]: job description, fingerprint, result name
+      labels | probabilities | logits    the result, written block by block
+      semantic                           class map (instance jobs only; input of labelling)
+      blocks_done                        one uncompressed byte per block, set after its write
+      frames_done                        one byte per labelled frame (instance jobs only)
+
+Progress lives in the store itself, so a run that was killed resumes from what is on disk:
+a block counts as finished only once its marker is written, and the marker is written only
+after the block's data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..io import RESULT_ATTR, InputError
+
+__all__ = ["OutputStore", "OutputExistsError", "fingerprint"]
+
+STORE_FORMAT = 1
+
+
+class OutputExistsError(InputError):
+    """The output path holds something else; refusing to overwrite it."""
+
+
+def fingerprint(job: Mapping[str, Any]) -> str:
+    """Stable hash of a job description (everything that changes the numbers written)."""
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _is_zarr_dir(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray")
+    )
+
+
+class OutputStore:
+    """Result arrays and progress markers of one prediction job."""
+
+    def __init__(self, group: zarr.Group, resumed: bool) -> None:
+        self.group = group
+        self.resumed = resumed
+        record = dict(group.attrs[RESULT_ATTR])
+        self.record = record
+        self.result_name: str = record["result"]
+        self.blocks_done = group["blocks_done"]
+        self._done_cache: np.ndarray | None = None
+
+    # -- creation / resumption -------------------------------------------------------------
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike | None,
+        job: dict[str, Any],
+        arrays: Mapping[str, dict[str, Any]],
+        result: str,
+        n_blocks: int,
+        n_frames: int,
+        overwrite: bool,
+    ) -> OutputStore:
+        """Resume the job stored at ``path`` or create a fresh store for it.
+
+        Parameters
+        ----------
+        path : path-like or None
+            Destination ``.zarr`` folder; None keeps everything in memory.
+        job : dict
+            JSON description of the job; its fingerprint decides whether a store resumes.
+        arrays : mapping
+            Name -> ``dict(shape=, chunks=, dtype=)`` of the arrays to create.
+        result : str
+            Name of the array holding the final result.
+        overwrite : bool
+            Replace an existing store that belongs to another job.
+
+        Raises
+        ------
+        OutputExistsError
+            ``path`` exists and is not this job's store, and ``overwrite`` is False
+            (or it is not a zarr store at all, which is never deleted).
+        """
+        fp = fingerprint(job)
+        if path is None:
+            group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+            return cls._create(group, job, fp, arrays, result, n_blocks, n_frames)
+
+        path = Path(path)
+        if path.exists():
+            if not _is_zarr_dir(path):
+                raise OutputExistsError(
+                    f"output {str(path)!r} exists and is not a zarr store; choose another path "
+                    "(napari-unet never deletes files it did not write)"
+                )
+            existing = cls._existing_record(path)
+            if existing is not None and existing.get("fingerprint") == fp:
+                return cls(zarr.open_group(str(path), mode="r+"), resumed=True)
+            if not overwrite:
+                why = (
+                    "it holds the result of a different job (other model, input or settings)"
+                    if existing is not None
+                    else "it is a zarr store that napari-unet did not write"
+                )
+                raise OutputExistsError(
+                    f"output {str(path)!r} already exists and {why}; pass overwrite=True "
+                    "(CLI: --overwrite) to replace it, or choose another path"
+                )
+            shutil.rmtree(path)
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.exists():
+            parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(parent, os.W_OK):
+            raise InputError(f"cannot write the output: folder {str(parent)!r} is not writable")
+        group = zarr.open_group(str(path), mode="w")
+        return cls._create(group, job, fp, arrays, result, n_blocks, n_frames)
+
+    @staticmethod
+    def _existing_record(path: Path) -> dict[str, Any] | None:
+        try:
+            group = zarr.open_group(str(path), mode="r")
+        except Exception:
+            return None
+        record = group.attrs.get(RESULT_ATTR)
+        return record if isinstance(record, dict) else None
+
+    @classmethod
+    def _create(
+        cls,
+        group: zarr.Group,
+        job: dict[str, Any],
+        fp: str,
+        arrays: Mapping[str, dict[str, Any]],
+        result: str,
+        n_blocks: int,
+        n_frames: int,
+    ) -> OutputStore:
+        for name, spec in arrays.items():
+            group.create_array(name, fill_value=0, **spec)
+        # One raw byte per chunk: a marker is either fully there or absent.
+        group.create_array(
+            "blocks_done", shape=(n_blocks,), chunks=(1,), dtype="uint8", fill_value=0,
+            compressors=None,
+        )
+        if n_frames:
+            group.create_array(
+                "frames_done", shape=(n_frames,), chunks=(1,), dtype="uint8", fill_value=0,
+                compressors=None,
+            )
+        # The record goes last: a store without it was never started and is not resumed.
+        group.attrs[RESULT_ATTR] = {
+            "format": STORE_FORMAT,
+            "fingerprint": fp,
+            "result": result,
+            "job": job,
+        }
+        return cls(group, resumed=False)
+
+    # -- progress ---------------------------------------------------------------------------
+    def _read_flags(self, arr: zarr.Array) -> np.ndarray:
+        try:
+            return np.asarray(arr[:], dtype=bool)
+        except Exception:  # a marker torn by a crash: read one by one, torn ones count as 0
+            flags = np.zeros(arr.shape, dtype=bool)
+            for i in range(arr.shape[0]):
+                try:
+                    flags[i] = bool(arr[i])
+                except Exception:
+                    flags[i] = False
+            return flags
+
+    def done_blocks(self) -> np.ndarray:
+        """Boolean flag per block: its output is on disk."""
+        return self._read_flags(self.blocks_done)
+
+    def mark_block(self, index: int) -> None:
+        self.blocks_done[index] = 1
+
+    def done_frames(self) -> np.ndarray:
+        return self._read_flags(self.group["frames_done"])
+
+    def mark_frame(self, index: int) -> None:
+        self.group["frames_done"][index] = 1
+
+    @property
+    def result(self) -> zarr.Array:
+        return self.group[self.result_name]
+
+    def __getitem__(self, name: str) -> zarr.Array:
+        return self.group[name]

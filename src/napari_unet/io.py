@@ -1,0 +1,190 @@
+"""Open images lazily: numpy, dask, zarr arrays, and paths to zarr / OME-Zarr / TIFF.
+
+Everything comes back as a dask array so the engine reads only the blocks it needs; a TIFF is
+read through tifffile's zarr interface, never loaded whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+__all__ = ["InputError", "VolumeInfo", "open_volume", "SUPPORTED_DTYPES", "RESULT_ATTR"]
+
+# Group attribute written by the prediction engine; also read back here to find the result.
+RESULT_ATTR = "napari_unet"
+
+SUPPORTED_DTYPES = (
+    "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+    "float16", "float32", "float64",
+)  # fmt: skip
+
+
+class InputError(ValueError):
+    """The input image cannot be used; the message says which input and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeInfo:
+    """What is known about an opened volume besides its pixels."""
+
+    source: str
+    scale: tuple[float, ...] | None = None
+    axes: str | None = None
+    multiscale: tuple[Any, ...] = ()  # lower resolutions (dask arrays), level 0 excluded
+
+
+def _check_dtype(arr: Any, source: str) -> None:
+    if np.dtype(arr.dtype).name not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"{source}: pixel type {arr.dtype} is not supported; convert the image to an "
+            f"integer or float type ({', '.join(SUPPORTED_DTYPES[1:])})"
+        )
+
+
+def _ome_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
+    if "multiscales" in attrs:  # OME-Zarr 0.4
+        return attrs["multiscales"]
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and "multiscales" in ome:  # OME-Zarr 0.5
+        return ome["multiscales"]
+    return None
+
+
+def _open_zarr_path(path: Path) -> tuple[da.Array, VolumeInfo]:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as err:
+        raise InputError(f"{str(path)!r} is not a readable zarr store: {err}") from err
+    source = str(path)
+    if isinstance(node, zarr.Array):
+        return da.from_zarr(node), VolumeInfo(source)
+    attrs = dict(node.attrs)
+    ours = attrs.get(RESULT_ATTR)
+    if isinstance(ours, dict) and ours.get("result") in node:
+        return da.from_zarr(node[ours["result"]]), VolumeInfo(source)
+    multiscales = _ome_multiscales(attrs)
+    if multiscales:
+        ms = multiscales[0]
+        datasets = ms.get("datasets", [])
+        if not datasets:
+            raise InputError(f"{source}: OME-Zarr multiscales lists no datasets")
+        levels = [da.from_zarr(node[d["path"]]) for d in datasets]
+        axes = ms.get("axes")
+        axes_str = None
+        if axes:
+            names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+            axes_str = "".join(n[0].upper() for n in names)
+        scale = None
+        for t in datasets[0].get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                scale = tuple(float(v) for v in t["scale"])
+        return levels[0], VolumeInfo(source, scale, axes_str, tuple(levels[1:]))
+    arrays = sorted(name for name, _ in node.arrays())
+    if len(arrays) == 1:
+        return da.from_zarr(node[arrays[0]]), VolumeInfo(source)
+    raise InputError(
+        f"{source} is a zarr group with arrays {arrays or 'none'}; pass the path of one "
+        f"array, e.g. {source}/{arrays[0] if arrays else 'NAME'}"
+    )
+
+
+def _open_tiff(path: Path) -> tuple[da.Array, VolumeInfo]:
+    import tifffile
+    import zarr
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            scale = _tiff_scale(tif, axes)
+        store = tifffile.imread(str(path), aszarr=True)
+        node = zarr.open(store, mode="r")
+    except Exception as err:
+        raise InputError(f"{str(path)!r} is not a readable TIFF file: {err}") from err
+    if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0 first
+        keys = sorted(node.array_keys(), key=lambda k: int(k) if k.isdigit() else k)
+        levels = [da.from_zarr(node[k]) for k in keys]
+        return levels[0], VolumeInfo(str(path), scale, axes, tuple(levels[1:]))
+    return da.from_zarr(node), VolumeInfo(str(path), scale, axes)
+
+
+def _tiff_scale(tif: Any, axes: str) -> tuple[float, ...] | None:
+    """Voxel size from ImageJ metadata (z spacing) and the TIFF resolution tags."""
+    try:
+        page = tif.pages[0]
+        scale = {}
+        tags = page.tags
+        if "XResolution" in tags and "YResolution" in tags:
+            xr = tags["XResolution"].value
+            yr = tags["YResolution"].value
+            if xr[0] and yr[0]:
+                scale["X"] = xr[1] / xr[0]
+                scale["Y"] = yr[1] / yr[0]
+        ij = tif.imagej_metadata or {}
+        if "spacing" in ij:
+            scale["Z"] = float(ij["spacing"])
+        if not scale:
+            return None
+        return tuple(float(scale.get(a, 1.0)) for a in axes)
+    except Exception:  # metadata is a convenience; pixels still open without it
+        return None
+
+
+def open_volume(source: Any) -> tuple[da.Array, VolumeInfo]:
+    """Open an image as a lazy dask array.
+
+    Parameters
+    ----------
+    source : array-like or path
+        numpy / dask / zarr array, or a path to a zarr array or group (OME-Zarr: level 0,
+        a napari-unet result: its result array) or to a TIFF file.
+
+    Returns
+    -------
+    (dask.array.Array, VolumeInfo)
+
+    Raises
+    ------
+    InputError
+        Missing path, unknown format, unreadable file or unsupported pixel type.
+    """
+    import zarr
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"input {str(path)!r} does not exist")
+        suffix = path.suffix.lower()
+        if suffix in (".tif", ".tiff") and path.is_file():
+            arr, info = _open_tiff(path)
+        elif path.is_dir() and (suffix == ".zarr" or (path / "zarr.json").exists()
+                                or (path / ".zarray").exists() or (path / ".zgroup").exists()):
+            arr, info = _open_zarr_path(path)
+        else:
+            raise InputError(
+                f"input {str(path)!r} is neither a zarr store nor a TIFF file; "
+                "give a .zarr folder or a .tif/.tiff file (or an array from Python)"
+            )
+    elif isinstance(source, da.Array):
+        arr, info = source, VolumeInfo("dask array")
+    elif isinstance(source, zarr.Array):
+        arr, info = da.from_zarr(source), VolumeInfo("zarr array")
+    elif isinstance(source, np.ndarray):
+        arr, info = da.from_array(source, chunks=source.shape or ()), VolumeInfo("numpy array")
+    elif hasattr(source, "shape") and hasattr(source, "dtype") and hasattr(source, "__getitem__"):
+        arr, info = da.from_array(source), VolumeInfo(type(source).__name__)
+    else:
+        raise InputError(
+            f"cannot read an image from {type(source).__name__}; give a numpy, dask or zarr "
+            "array, or a path to a .zarr folder or a .tif file"
+        )
+    _check_dtype(arr, info.source)
+    return arr, info

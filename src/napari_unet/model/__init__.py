@@ -1,0 +1,1 @@
+"""U-Net architecture and safe checkpoints."""

@@ -1,0 +1,172 @@
+"""Safe, atomic, self-describing model files.
+
+A checkpoint is one ``.safetensors`` file: the weights as plain tensors, and in its header a
+JSON document with the architecture (:class:`~napari_unet.config.ModelConfig`) and metadata
+(normalisation used in training, label mode, class names, recommended tile and halo, version).
+safetensors holds no code, so loading a file from a stranger cannot execute anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..config import ConfigError, ModelConfig
+from .unet import UNet
+
+__all__ = ["CheckpointError", "save_model", "load_model", "read_metadata", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_HEADER_KEY = "napari_unet"
+
+
+class CheckpointError(ValueError):
+    """A model file is missing, corrupt or not a napari-unet model."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
+    """Save ``model`` and its architecture to one ``.safetensors`` file, atomically.
+
+    Parameters
+    ----------
+    model : UNet
+        The network to save.
+    path : path-like
+        Destination file.  The file is written under a temporary name in the same folder
+        and renamed into place, so a crash never leaves a half-written file at ``path``.
+    **metadata
+        JSON-serialisable facts stored with the weights, e.g. ``normalization``,
+        ``label_mode``, ``class_names``, ``tile``, ``halo``.  Values already stored on
+        ``model.metadata`` are kept unless overridden here.
+
+    Returns
+    -------
+    Path
+        The written path.
+    """
+    from safetensors.torch import save as st_save
+
+    if not isinstance(model, UNet):
+        raise TypeError(f"save_model expects a napari_unet UNet, got {type(model).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"cannot save the model to {str(path)!r}: it is a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**getattr(model, "metadata", {}), **metadata}
+    meta.setdefault("spatial_dims", model.config.spatial_dims)
+    meta["napari_unet_version"] = __version__
+    header = {
+        "format": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "metadata": _jsonable(meta),
+    }
+    try:
+        header_text = json.dumps(header)
+    except TypeError as err:
+        raise CheckpointError(f"model metadata must be JSON-serialisable: {err}") from err
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    blob = st_save(tensors, metadata={_HEADER_KEY: header_text})
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise CheckpointError(f"model file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"model path {str(path)!r} is a folder, not a model file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(_HEADER_KEY)
+    except Exception as err:  # safetensors raises several types for a bad file
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable napari-unet model file "
+            f"(expected a .safetensors file written by save_model): {err}"
+        ) from err
+    if raw is None:
+        raise CheckpointError(
+            f"{str(path)!r} is a safetensors file but not a napari-unet model "
+            "(no architecture in its header)"
+        )
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{str(path)!r}: corrupt model header: {err}") from err
+    fmt = header.get("format")
+    if fmt != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} uses model format {fmt!r}; this napari-unet reads format "
+            f"{FORMAT_VERSION}. Upgrade napari-unet or re-save the model."
+        )
+    return header
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Return the architecture and metadata of a model file without loading its weights."""
+    header = _read_header(Path(path))
+    return {"model": header["model"], **header.get("metadata", {})}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
+    """Load a model saved by :func:`save_model`; it comes back in eval mode.
+
+    The file is parsed with safetensors (no pickle), so no code in the file can run.
+    Its metadata is available as ``model.metadata``.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, corrupt, of another format or does not match its architecture.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    header = _read_header(path)
+    try:
+        config = ModelConfig.from_dict(header["model"])
+    except (ConfigError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{str(path)!r}: invalid architecture in header: {err}") from err
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as err:
+        raise CheckpointError(f"{str(path)!r}: corrupt weights: {err}") from err
+    model = UNet(config)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{str(path)!r}: weights do not match the stored architecture: {err}"
+        ) from err
+    model.metadata = dict(header.get("metadata", {}))
+    model.source_path = str(path)
+    return model.to(device).eval()

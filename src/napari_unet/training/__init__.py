@@ -1,0 +1,1 @@
+"""Training: patch sampling, losses and the training loop."""

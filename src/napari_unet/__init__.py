@@ -21,6 +21,9 @@ _LAZY = {
     "CheckpointError": "napari_unet.model.checkpoint",
     "predict": "napari_unet.api",
     "predict_iter": "napari_unet.api",
+    "train": "napari_unet.api",
+    "train_iter": "napari_unet.api",
+    "TrainConfig": "napari_unet.config",
     "open_volume": "napari_unet.io",
     "InputError": "napari_unet.io",
     "dice": "napari_unet.metrics",
@@ -29,8 +32,8 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import predict, predict_iter
-    from .config import ConfigError, ModelConfig, PredictConfig
+    from .api import predict, predict_iter, train, train_iter
+    from .config import ConfigError, ModelConfig, PredictConfig, TrainConfig
     from .io import InputError, open_volume
     from .metrics import dice
     from .model.checkpoint import CheckpointError, load_model, save_model

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from .config import PredictConfig
+from .config import PredictConfig, TrainConfig
 from .events import drain
 
-__all__ = ["predict", "predict_iter"]
+__all__ = ["predict", "predict_iter", "train", "train_iter"]
 
 
 def predict_iter(
@@ -72,3 +72,58 @@ def predict(
     ...                     mode="instances")                        # doctest: +SKIP
     """
     return drain(predict_iter(model, image, output, config, cancel, **options), progress)
+
+
+def train_iter(
+    train_data: Any,
+    config: TrainConfig | None = None,
+    val_data: Any = None,
+    run_dir: Any = "napari-unet-run",
+    resume: bool = False,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[Any, None, Any]:
+    """Generator form of :func:`train` (yields Progress / EpochEnd, returns TrainResult)."""
+    from .training.loop import train_iter as _train_iter
+
+    return (yield from _train_iter(train_data, config, val_data, run_dir, resume, cancel))
+
+
+def train(
+    train_data: Any,
+    config: TrainConfig | None = None,
+    val_data: Any = None,
+    run_dir: Any = "napari-unet-run",
+    *,
+    resume: bool = False,
+    progress: Callable[[Any], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    **options: Any,
+) -> Any:
+    """Train a 2D or 3D U-Net on (image, labels) pairs.
+
+    Parameters
+    ----------
+    train_data : sequence of (image, labels)
+        numpy / dask / zarr arrays or paths; dense instance ids, class ids or scribbles
+        (see ``label_mode``).
+    config : TrainConfig, optional
+        All settings; ``**options`` override single fields (``epochs=20``,
+        ``label_mode="scribbles"``, ``patch_size=(64, 64, 64)`` ...).
+    val_data : sequence of (image, labels), optional
+        Validation pairs (default: hold out part of ``train_data``).
+    run_dir : path
+        Where the best / last checkpoints, config and history go.
+    resume : bool
+        Continue an interrupted run in ``run_dir``.
+    progress, cancel : callable, optional
+        Event callback; cancel hook polled every step.
+
+    Returns
+    -------
+    TrainResult
+        Paths of the best and last models, the epoch history and the best validation Dice.
+    """
+    config = config or TrainConfig()
+    if options:
+        config = config.replace(**options)
+    return drain(train_iter(train_data, config, val_data, run_dir, resume, cancel), progress)

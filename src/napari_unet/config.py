@@ -22,6 +22,8 @@ __all__ = [
     "MODES",
     "PRECISIONS",
     "BLENDINGS",
+    "TrainConfig",
+    "LABEL_MODES",
 ]
 
 NORMS = ("batch", "instance", "group", "none")
@@ -331,3 +333,128 @@ def as_spatial_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[
     out = _tuple_or_none(value, name, ndim)
     assert out is not None
     return out
+
+
+LABEL_MODES = ("instances", "classes", "scribbles")
+LOSSES = ("auto", "bce_dice", "ce_dice", "dice", "ce", "focal")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Config):
+    """Settings of a training run (shared by :func:`napari_unet.train`, the CLI and the widget).
+
+    Parameters
+    ----------
+    model : ModelConfig
+        Architecture; ``in_channels`` and ``out_channels`` are filled in from the data and
+        the label mode when training starts.
+    label_mode : {"instances", "classes", "scribbles"}
+        ``instances``: dense instance ids, trained as background / interior / boundary so
+        touching objects separate.  ``classes``: dense class ids (0 = background).
+        ``scribbles``: sparse strokes, 0 = unlabelled (ignored), k >= 1 = class k-1.
+    patch_size : tuple of int
+        Training patch per spatial axis; a multiple of the model's pooling product.
+    batch_size, epochs, steps_per_epoch : int
+        Patches per step, epochs, optimiser steps per epoch.
+    lr : float
+        Adam learning rate.
+    loss : {"auto", "bce_dice", "ce_dice", "dice", "ce", "focal"}
+        ``auto``: BCE + Dice for binary problems, cross-entropy + Dice otherwise.
+    class_weights : {"auto", "none"}
+        ``auto`` weights cross-entropy classes by inverse frequency in the training labels.
+    foreground_fraction : float
+        Share of patches centred on a labelled foreground voxel (nnU-Net uses 1/3).
+    augment : bool
+        Flips, 90-degree rotations, small rotations and scaling, elastic deformation,
+        gamma / contrast / brightness / noise / blur.
+    anisotropic : bool
+        3D only: rotate in the YX plane only (thin z stacks).
+    val_fraction : float
+        Share of the training pairs held out for validation when no validation set is given
+        (a single pair is split along its first spatial axis instead).
+    val_patches : int
+        Fixed validation patches evaluated after every epoch.
+    patience : int
+        Early stopping: epochs without a better validation Dice.
+    plateau_patience : int
+        Epochs without improvement before the learning rate is halved.
+    boundary_width : int
+        Width in pixels of the boundary class (``instances`` mode).
+    normalize : (float, float)
+        Percentiles of the per-image intensity normalisation (stored in the model).
+    seed : int
+        Seeds sampling, augmentation and initialisation (deterministic on the CPU).
+    device, precision : str
+        As in :class:`PredictConfig`; AMP is used on a GPU.
+    """
+
+    model: ModelConfig = dataclasses.field(
+        default_factory=lambda: ModelConfig(depth=4, base_filters=16)
+    )
+    label_mode: str = "instances"
+    patch_size: tuple[int, ...] = (256, 256)
+    batch_size: int = 8
+    epochs: int = 50
+    steps_per_epoch: int = 50
+    lr: float = 1e-4
+    loss: str = "auto"
+    class_weights: str = "auto"
+    foreground_fraction: float = 0.33
+    augment: bool = True
+    anisotropic: bool = False
+    val_fraction: float = 0.2
+    val_patches: int = 32
+    patience: int = 20
+    plateau_patience: int = 5
+    boundary_width: int = 2
+    normalize: tuple[float, float] = (1.0, 99.8)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"model must be a ModelConfig or a mapping, got {self.model!r}")
+        if self.label_mode not in LABEL_MODES:
+            raise ConfigError(f"label_mode must be one of {LABEL_MODES}, got {self.label_mode!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.class_weights not in ("auto", "none"):
+            raise ConfigError(f"class_weights must be 'auto' or 'none', got {self.class_weights!r}")
+        patch = _tuple_or_none(self.patch_size, "patch_size", self.model.spatial_dims)
+        object.__setattr__(self, "patch_size", patch)
+        bad = [(p, m) for p, m in zip(patch, self.model.size_multiple, strict=True) if p % m]
+        if bad:
+            fixed = tuple(round(p / m) * m or m for p, m in
+                          zip(patch, self.model.size_multiple, strict=True))
+            raise ConfigError(
+                f"patch_size {patch} must be divisible by {self.model.size_multiple} "
+                f"(2**depth per axis for depth={self.model.depth}); try {fixed}"
+            )
+        for name in ("batch_size", "epochs", "steps_per_epoch", "val_patches", "patience",
+                     "plateau_patience", "boundary_width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if not float(self.lr) > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= float(self.foreground_fraction) <= 1.0:
+            raise ConfigError(
+                f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}"
+            )
+        if not 0.0 < float(self.val_fraction) < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        lo, hi = (float(v) for v in self.normalize)
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(f"normalize must be percentiles 0 <= low < high <= 100, "
+                              f"got {self.normalize}")
+        object.__setattr__(self, "normalize", (lo, hi))
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["model"] = self.model.to_dict()
+        return d

@@ -103,7 +103,10 @@ def _open_tiff(path: Path) -> tuple[da.Array, VolumeInfo]:
     try:
         with tifffile.TiffFile(str(path)) as tif:
             series = tif.series[0]
-            axes = series.axes
+            # tifffile axes: trust them only when they are plain T/C/Z/Y/X (S = samples = C).
+            axes = series.axes.replace("S", "C")
+            if any(a not in "TCZYX" for a in axes) or len(set(axes)) != len(axes):
+                axes = None
             scale = _tiff_scale(tif, axes)
         store = tifffile.imread(str(path), aszarr=True)
         node = zarr.open(store, mode="r")
@@ -116,8 +119,10 @@ def _open_tiff(path: Path) -> tuple[da.Array, VolumeInfo]:
     return da.from_zarr(node), VolumeInfo(str(path), scale, axes)
 
 
-def _tiff_scale(tif: Any, axes: str) -> tuple[float, ...] | None:
+def _tiff_scale(tif: Any, axes: str | None) -> tuple[float, ...] | None:
     """Voxel size from ImageJ metadata (z spacing) and the TIFF resolution tags."""
+    if axes is None:
+        return None
     try:
         page = tif.pages[0]
         scale = {}

@@ -44,24 +44,45 @@ class Normalization:
         return cls((0.0,) * channels, (1.0,) * channels)
 
 
-def _sample_blocks(arr: da.Array, max_blocks: int) -> list[tuple[int, ...]]:
-    grid = [range(n) for n in arr.numblocks]
-    total = int(np.prod(arr.numblocks))
-    if total <= max_blocks:
-        return list(itertools.product(*grid))
-    picks = np.unique(np.linspace(0, total - 1, max_blocks).round().astype(int))
-    return [tuple(int(i) for i in np.unravel_index(p, arr.numblocks)) for p in picks]
+def _sample_windows(
+    lead_shape: tuple[int, ...], spatial: tuple[int, ...], max_values: int
+) -> list[tuple[slice | int, ...]]:
+    """Evenly spread windows (lead index + spatial slices) holding about ``max_values`` voxels.
+
+    The windows depend only on the shape, never on the chunking, so two copies of a volume
+    stored with different chunks get the same normalisation.
+    """
+    n_lead = int(np.prod(lead_shape)) if lead_shape else 1
+    if n_lead * int(np.prod(spatial)) <= max_values:
+        return [(*idx, *(slice(None),) * len(spatial)) for idx in np.ndindex(*lead_shape)]
+    leads = [np.unravel_index(int(i), lead_shape) if lead_shape else ()
+             for i in np.unique(np.linspace(0, n_lead - 1, min(n_lead, 8)).round())]
+    side = 64 if len(spatial) == 3 else 256
+    window = tuple(min(s, side) for s in spatial)
+    per_lead = max(1, max_values // (len(leads) * int(np.prod(window))))
+    # Spread windows over the axes in proportion to how many fit along each.
+    fits = np.array([s / w for s, w in zip(spatial, window, strict=True)])
+    shrink = (per_lead / max(float(np.prod(fits)), 1.0)) ** (1 / len(spatial))
+    counts = np.maximum(1, np.floor(fits * shrink))
+    counts = np.minimum(counts, np.ceil(fits)).astype(int)
+    starts = [np.unique(np.linspace(0, s - w, c).round().astype(int))
+              for s, w, c in zip(spatial, window, counts, strict=True)]
+    out = []
+    for lead in leads:
+        for origin in itertools.product(*starts):
+            out.append((*(int(i) for i in lead), *(slice(int(o), int(o) + w)
+                                                    for o, w in zip(origin, window, strict=True))))
+    return out
 
 
 def percentile_normalization(
     canonical: da.Array,
     n_lead: int,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-    max_blocks: int = 48,
     max_values: int = 4_000_000,
     source: str = "input",
 ) -> Normalization:
-    """Percentiles per channel from an even sample of chunks of a ``(*lead, C, *spatial)`` array.
+    """Percentiles per channel from an even sample of a ``(*lead, C, *spatial)`` array.
 
     Raises
     ------
@@ -69,17 +90,16 @@ def percentile_normalization(
         The sampled pixels contain NaN or infinity.
     """
     lo_p, hi_p = (float(p) for p in percentiles)
-    arr = canonical.rechunk({n_lead: -1})
-    n_channels = arr.shape[n_lead]
-    blocks = _sample_blocks(arr, max_blocks)
-    per_block = max(1, max_values // max(1, len(blocks)))
+    lead_shape = tuple(canonical.shape[:n_lead])
+    n_channels = canonical.shape[n_lead]
+    spatial = tuple(canonical.shape[n_lead + 1 :])
     samples: list[list[np.ndarray]] = [[] for _ in range(n_channels)]
-    for idx in blocks:
-        block = np.asarray(arr.blocks[idx].compute(scheduler="threads"))
-        block = np.moveaxis(block, n_lead, 0).reshape(n_channels, -1)
-        stride = max(1, block.shape[1] // per_block)
+    for window in _sample_windows(lead_shape, spatial, max_values):
+        index = (*window[:n_lead], slice(None), *window[n_lead:])
+        block = np.asarray(canonical[index].compute(scheduler="threads"))
+        block = block.reshape(n_channels, -1)
         for c in range(n_channels):
-            samples[c].append(block[c, ::stride])
+            samples[c].append(block[c])
     low, high = [], []
     for c in range(n_channels):
         values = np.concatenate(samples[c]).astype(np.float64, copy=False)

@@ -300,6 +300,7 @@ def predict_iter(
     device = select_device(config.device)
     precision = select_precision(config.precision, device)
     label_mode = spec.metadata.get("label_mode")
+    boundary_width = int(spec.metadata.get("boundary_width", 2))
 
     yield StageStarted("normalize", message="computing intensity percentiles")
     norm, norm_record = _normalization(canonical, n_lead, spec, config, source)
@@ -318,7 +319,7 @@ def predict_iter(
         "sigma_scale": config.sigma_scale, "mode": config.mode,
         "threshold": config.threshold, "probability_dtype": config.probability_dtype,
         "block": list(block), "chunk": list(chunk), "precision": precision,
-        "label_mode": label_mode,
+        "label_mode": label_mode, "boundary_width": boundary_width,
         "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
     }
     store = OutputStore.open_or_create(
@@ -333,7 +334,7 @@ def predict_iter(
         yield from _run_blocks(store, plan, units, canonical, norm, runner, config, cancel,
                                source)
         if config.mode == "instances":
-            yield from _label(store, frame_shape, lead_shape, label_mode, cancel)
+            yield from _label(store, frame_shape, label_mode, boundary_width, cancel)
     finally:
         spec.module.train(was_training)
         release_memory(device)
@@ -403,7 +404,6 @@ def _run_blocks(
             yield BlockDone(i, units[i][1], int(done_flags[: i + 1].sum()), total, skipped=True)
     if not todo:
         return
-    n_lead = len(plan.lead_shape)
     channel_out = config.mode in ("probabilities", "logits")
 
     def read(i: int) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -427,7 +427,8 @@ def _run_blocks(
         target[index] = data.astype(target.dtype, copy=False)
         store.mark_block(i)
 
-    reader = cf.ThreadPoolExecutor(max_workers=max(1, config.prefetch), thread_name_prefix="nu-read")
+    reader = cf.ThreadPoolExecutor(max_workers=max(1, config.prefetch),
+                                   thread_name_prefix="nu-read")
     writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nu-write")
     reads: collections.deque[tuple[int, cf.Future]] = collections.deque()
     writes: collections.deque[tuple[int, cf.Future]] = collections.deque()
@@ -444,8 +445,11 @@ def _run_blocks(
             if cancel is not None and cancel():
                 for _, fut in reads:
                     fut.cancel()
-                for _, fut in writes:
-                    fut.result()
+                while writes:  # blocks already computed are kept and reported
+                    j, wfut = writes.popleft()
+                    wfut.result()
+                    n_done += 1
+                    yield BlockDone(j, units[j][1], n_done, total)
                 raise Cancelled(
                     f"prediction cancelled after {n_done} of {total} blocks; finished blocks are "
                     "kept and running the same command again resumes"
@@ -483,11 +487,13 @@ def _run_blocks(
 def _label(
     store: OutputStore,
     frame_shape: tuple[int, ...],
-    lead_shape: tuple[int, ...],
     label_mode: str | None,
+    boundary_width: int,
     cancel: Callable[[], bool] | None,
 ) -> Generator[Any, None, None]:
     frames = list(np.ndindex(*frame_shape))
+    # Seeds (interiors) regrow through the boundary class; the class mask bounds the growth.
+    expand = int(boundary_width) + 1
     done = store.done_frames()
     yield StageStarted("label", total=len(frames), message="connected components")
     classes = da.from_zarr(store["semantic"])
@@ -495,7 +501,7 @@ def _label(
         if not done[k]:
             if cancel is not None and cancel():
                 raise Cancelled("labelling cancelled; running again resumes")
-            labels = postprocess.label_instances(classes[frame], label_mode)
+            labels = postprocess.label_instances(classes[frame], label_mode, expand)
             labels = labels.reshape((1,) * len(frame) + labels.shape)
             region = tuple(slice(f, f + 1) for f in frame) + (slice(None),) * (labels.ndim
                                                                               - len(frame))

@@ -1,0 +1,1 @@
+"""The napari layer: the only package that imports napari, qtpy or magicgui."""

@@ -1,0 +1,264 @@
+"""Command line ``napari-unet {demo,predict,train,info}``: a thin layer over the API.
+
+Every option maps onto a field of the same validated config used by the API and the widgets;
+``--config FILE`` loads one (YAML/JSON) and flags override its fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected integers like 64,128,128, got {text!r}") from err
+
+
+def _overlap(text: str) -> float | tuple[int, ...]:
+    if "," in text or "x" in text:
+        return _ints(text)
+    value = float(text)
+    return int(value) if value >= 1 else value  # type: ignore[return-value]
+
+
+class _Bar:
+    """tqdm progress bar fed by engine events, one bar per stage."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, event: Any) -> None:
+        from tqdm import tqdm
+
+        from .events import BlockDone, EpochEnd, Progress, StageStarted
+
+        if self.quiet:
+            return
+        if isinstance(event, StageStarted):
+            self.close()
+            if event.message:
+                tqdm.write(f"[{event.stage}] {event.message}")
+            if event.total:
+                self.bar = tqdm(total=event.total, desc=event.stage, unit="block"
+                                if event.stage == "predict" else "it", dynamic_ncols=True)
+        elif isinstance(event, (BlockDone, Progress)) and self.bar is not None:
+            self.bar.n = event.done
+            if isinstance(event, Progress) and event.message:
+                self.bar.set_postfix_str(event.message, refresh=False)
+            self.bar.refresh()
+        elif isinstance(event, EpochEnd):
+            if event.epoch == 1 or self.bar is None:
+                tqdm.write(f"{'epoch':>6} {'train loss':>11} {'val loss':>9} {'val Dice':>9} "
+                           f"{'lr':>9} {'time':>8}")
+            tqdm.write(f"{event.epoch:>6} {event.train_loss:>11.4f} {event.val_loss:>9.4f} "
+                       f"{event.val_dice:>9.4f} {event.lr:>9.2e} {event.elapsed:>7.0f}s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .api import predict
+    from .config import PredictConfig
+
+    config = PredictConfig.load(args.config) if args.config else PredictConfig()
+    changes = {k: v for k, v in {
+        "mode": args.mode, "tile": args.tile, "overlap": args.overlap,
+        "blending": args.blending, "batch_size": args.batch_size, "block_shape": args.block,
+        "chunk_shape": args.chunk, "device": args.device, "precision": args.precision,
+        "axes": args.axes, "overwrite": args.overwrite or None,
+    }.items() if v is not None}
+    config = config.replace(**changes)
+    model = args.model or _default_model()
+    bar = _Bar(args.quiet)
+    try:
+        result = predict(model, args.input, args.output, config, progress=bar)
+    finally:
+        bar.close()
+    print(f"wrote {args.output} ({result.shape}, {result.dtype})")
+    return 0
+
+
+def _default_model() -> str:
+    from .models import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        raise SystemExit(
+            "no --model given and no built-in model is installed; train one with "
+            "`napari-unet train` or run `napari-unet demo`"
+        )
+    return str(path)
+
+
+def _pairs_from_folders(images: str, labels: str) -> list[tuple[str, str]]:
+    img_dir, lab_dir = Path(images), Path(labels)
+    for d in (img_dir, lab_dir):
+        if not d.exists():
+            raise SystemExit(f"{d} does not exist")
+    if img_dir.is_file() or img_dir.suffix == ".zarr":
+        return [(str(img_dir), str(lab_dir))]
+    exts = (".tif", ".tiff", ".zarr")
+    imgs = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in exts)
+    pairs = []
+    for p in imgs:
+        match = [q for q in lab_dir.iterdir() if q.stem == p.stem and q.suffix.lower() in exts]
+        if not match:
+            raise SystemExit(f"no labels for {p.name} in {lab_dir} (labels need the same name)")
+        pairs.append((str(p), str(match[0])))
+    if not pairs:
+        raise SystemExit(f"no .tif/.tiff/.zarr images in {img_dir}")
+    return pairs
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .api import train
+    from .config import TrainConfig
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    changes = {k: v for k, v in {
+        "label_mode": args.label_mode, "patch_size": args.patch, "batch_size": args.batch_size,
+        "epochs": args.epochs, "steps_per_epoch": args.steps, "lr": args.lr,
+        "loss": args.loss, "device": args.device, "seed": args.seed,
+    }.items() if v is not None}
+    model_changes = {k: v for k, v in {
+        "spatial_dims": args.dims, "depth": args.depth, "base_filters": args.filters,
+    }.items() if v is not None}
+    if model_changes:
+        changes["model"] = config.model.replace(**model_changes)
+    if args.no_augment:
+        changes["augment"] = False
+    config = TrainConfig.from_dict({**config.to_dict(), **{
+        k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in changes.items()}})
+    pairs = _pairs_from_folders(args.images, args.labels)
+    val = _pairs_from_folders(args.val_images, args.val_labels) if args.val_images else None
+    bar = _Bar(args.quiet)
+    try:
+        result = train(pairs, config, val, args.out, resume=args.resume, progress=bar)
+    finally:
+        bar.close()
+    print(f"{result.stopped}: best validation Dice {result.best_val_dice:.4f}; "
+          f"model: {result.best_model}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from .model.checkpoint import read_metadata
+
+    meta = read_metadata(args.model)
+    meta.pop("train_config", None)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    bar = _Bar(args.quiet)
+    try:
+        summary = run_demo(args.out, quick=args.quick, progress=bar)
+    finally:
+        bar.close()
+    print(summary.report())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-unet",
+        description="Train 2D/3D U-Nets and segment images larger than memory.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train on built-in synthetic data, segment a larger "
+                                    "volume out of core, report Dice")
+    p.add_argument("--out", default="napari-unet-demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("predict", help="segment an image (zarr / OME-Zarr / TIFF) into zarr")
+    p.add_argument("input", help="image: .zarr folder or .tif file")
+    p.add_argument("output", help="output .zarr folder (resumed if it holds this job)")
+    p.add_argument("--model", help="model file (.safetensors); default: the built-in model")
+    p.add_argument("--config", help="PredictConfig as YAML/JSON; flags override it")
+    p.add_argument("--mode", choices=["probabilities", "semantic", "instances", "logits"])
+    p.add_argument("--tile", type=_ints, help="network input size, e.g. 128,128,128")
+    p.add_argument("--overlap", type=_overlap, help="fraction (0.25) or voxels (16,32,32)")
+    p.add_argument("--blending", choices=["gaussian", "constant"])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--block", type=_ints, help="block (unit of work) shape")
+    p.add_argument("--chunk", type=_ints, help="output chunk shape")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--axes", help="input axes, e.g. ZYX, CZYX, TZYX, YXC")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output that holds another job")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("train", help="train a U-Net on images and labels")
+    p.add_argument("--images", required=True, help="image file / .zarr, or a folder of them")
+    p.add_argument("--labels", required=True, help="labels with the same names")
+    p.add_argument("--val-images", help="validation images (default: hold out a part)")
+    p.add_argument("--val-labels")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, config, history)")
+    p.add_argument("--config", help="TrainConfig as YAML/JSON; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--label-mode", choices=["instances", "classes", "scribbles"])
+    p.add_argument("--dims", type=int, choices=[2, 3])
+    p.add_argument("--depth", type=int)
+    p.add_argument("--filters", type=int, help="base filters")
+    p.add_argument("--patch", type=_ints)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="steps per epoch")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss", choices=["auto", "bce_dice", "ce_dice", "dice", "ce", "focal"])
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-augment", action="store_true")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("info", help="show a model file's architecture and metadata")
+    p.add_argument("model")
+    p.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .config import ConfigError
+    from .events import Cancelled
+    from .io import InputError
+    from .model.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, ConfigError, CheckpointError) as err:
+        print(f"napari-unet: error: {err}", file=sys.stderr)
+        return 2
+    except Cancelled as err:
+        print(f"napari-unet: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Training pairs and lazy patch sampling.
+
+Pairs may be numpy, dask or zarr arrays or paths; only the patches drawn are read, so training
+works on volumes larger than memory.  A share of patches is centred on labelled foreground
+(as nnU-Net does) so that sparse objects and scribbles are seen often enough.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..io import InputError, open_volume
+from ..normalize import Normalization, percentile_normalization
+from .augment import Augmenter, margin_for
+from .targets import IGNORE, make_target
+
+__all__ = [
+    "TrainPair", "prepare_pairs", "split_validation", "PatchSampler", "LabelStats",
+    "class_weights",
+]
+
+
+@dataclasses.dataclass
+class TrainPair:
+    """One image (``(C, *spatial)``, lazy) with its labels, normalisation and foreground sample."""
+
+    name: str
+    image: da.Array
+    labels: da.Array
+    norm: Normalization
+    foreground: np.ndarray  # (K, nd) coordinates of labelled voxels (a sample)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.labels.shape)
+
+    def crop(self, axis: int, start: int, stop: int, name: str) -> TrainPair:
+        sl = [slice(None)] * len(self.spatial_shape)
+        sl[axis] = slice(start, stop)
+        fg = self.foreground[(self.foreground[:, axis] >= start)
+                             & (self.foreground[:, axis] < stop)].copy()
+        fg[:, axis] -= start
+        return TrainPair(name, self.image[(slice(None), *sl)], self.labels[tuple(sl)],
+                         self.norm, fg)
+
+
+@dataclasses.dataclass
+class LabelStats:
+    """Facts gathered in one pass over the labels."""
+
+    max_label: int
+
+
+def _as_channels_first(image: da.Array, spatial_dims: int, name: str) -> da.Array:
+    shape = tuple(image.shape)
+    if image.ndim == spatial_dims:
+        return image[None]
+    if image.ndim == spatial_dims + 1:
+        if spatial_dims == 2 and shape[-1] <= 4 and shape[0] > 4:
+            return da.moveaxis(image, -1, 0)
+        if shape[0] <= 16:
+            return image
+    raise InputError(
+        f"{name}: image of shape {shape} is not a {spatial_dims}D image with an optional "
+        f"channel axis; expected {'(Y, X[, C])' if spatial_dims == 2 else '([C,] Z, Y, X)'}"
+    )
+
+
+def _foreground_sample(labels: da.Array, max_points: int, seed: int
+                       ) -> tuple[np.ndarray, LabelStats]:
+    """Coordinates of labelled voxels and the largest label, reading one chunk at a time."""
+    rng = np.random.default_rng(seed)
+    points = []
+    top = 0
+    per_block = max(16, max_points // max(1, math.prod(labels.numblocks)))
+    offsets = [np.cumsum((0, *c[:-1])) for c in labels.chunks]
+    for idx in np.ndindex(*labels.numblocks):
+        block = np.asarray(labels.blocks[idx].compute(scheduler="threads"))
+        if block.size == 0:
+            continue
+        top = max(top, int(block.max()))
+        if int(block.min()) < 0:
+            raise InputError("labels contain negative values; use 0 for background or "
+                             "unlabelled and positive ids / classes")
+        coords = np.argwhere(block > 0)
+        if len(coords) > per_block:
+            coords = coords[rng.choice(len(coords), per_block, replace=False)]
+        offset = np.array([o[i] for o, i in zip(offsets, idx, strict=True)])
+        points.append(coords + offset)
+    fg = np.concatenate(points) if points else np.zeros((0, labels.ndim), dtype=np.int64)
+    return fg, LabelStats(top)
+
+
+def prepare_pairs(
+    pairs: Sequence[Any],
+    spatial_dims: int,
+    label_mode: str,
+    patch: tuple[int, ...],
+    normalize: tuple[float, float],
+    what: str = "training",
+    seed: int = 0,
+) -> tuple[list[TrainPair], LabelStats]:
+    """Open and check (image, labels) pairs before any training starts.
+
+    Raises
+    ------
+    InputError
+        Empty list, unreadable input, image/label shape mismatch, float or all-zero labels,
+        a patch larger than the image, NaN in an image, differing channel counts.
+    """
+    if pairs is None or len(pairs) == 0:
+        raise InputError(f"no {what} data: give at least one (image, labels) pair")
+    out: list[TrainPair] = []
+    max_label = 0
+    channels = None
+    for k, pair in enumerate(pairs):
+        try:
+            image_src, label_src = pair
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{what} pair {k}: expected an (image, labels) pair") from err
+        name = f"{what} pair {k}"
+        image, _ = open_volume(image_src)
+        labels, _ = open_volume(label_src)
+        image = _as_channels_first(image, spatial_dims, name)
+        if channels is None:
+            channels = image.shape[0]
+        elif image.shape[0] != channels:
+            raise InputError(f"{name}: {image.shape[0]} channel(s), the first pair has {channels}")
+        if labels.ndim != spatial_dims or tuple(labels.shape) != tuple(image.shape[1:]):
+            raise InputError(
+                f"{name}: labels of shape {tuple(labels.shape)} do not match the image of "
+                f"shape {tuple(image.shape)} (spatial {tuple(image.shape[1:])}); labels must "
+                "cover the image pixel for pixel"
+            )
+        if np.dtype(labels.dtype).kind not in "biu":
+            raise InputError(
+                f"{name}: labels have a float type ({labels.dtype}); labels must be integers "
+                "(0 = background / unlabelled). Convert them, e.g. labels.astype('uint16')"
+            )
+        small = [(s, p) for s, p in zip(labels.shape, patch, strict=True) if s < p]
+        if small:
+            raise InputError(
+                f"{name}: the image ({tuple(labels.shape)}) is smaller than patch_size {patch}; "
+                "choose a smaller patch_size (a multiple of 2**depth)"
+            )
+        if np.dtype(labels.dtype).kind == "i" and labels.dtype.itemsize <= 2:
+            labels = labels.astype(np.int32)
+        try:
+            norm = percentile_normalization(image[None], 0, normalize, source=name)
+        except ValueError as err:
+            raise InputError(str(err)) from err
+        fg, stats = _foreground_sample(labels, 20_000, seed + k)
+        if len(fg) == 0:
+            raise InputError(
+                f"{name}: the labels are all zero; "
+                + ("paint at least one stroke of background (1) and foreground (2)"
+                   if label_mode == "scribbles" else "label some objects before training")
+            )
+        max_label = max(max_label, stats.max_label)
+        out.append(TrainPair(name, image, labels, norm, fg))
+    return out, LabelStats(max_label)
+
+
+def split_validation(
+    pairs: list[TrainPair], fraction: float, seed: int, patch: tuple[int, ...]
+) -> tuple[list[TrainPair], list[TrainPair], str]:
+    """Hold out whole pairs, or cut a single pair along its first spatial axis.
+
+    Returns the training pairs, the validation pairs and a note on how they were split.
+    """
+    if len(pairs) >= 2:
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        n_val = max(1, int(round(fraction * len(pairs))))
+        val = [pairs[i] for i in sorted(order[:n_val])]
+        train = [pairs[i] for i in sorted(order[n_val:])]
+        return train, val, f"{len(train)} training / {len(val)} validation pairs"
+    (pair,) = pairs
+    size = pair.spatial_shape[0]
+    cut = int(round(size * (1 - fraction)))
+    cut = min(max(cut, patch[0]), size - patch[0])
+    if cut >= patch[0] and size - cut >= patch[0]:
+        train = pair.crop(0, 0, cut, pair.name + " (training part)")
+        val = pair.crop(0, cut, size, pair.name + " (validation part)")
+        if len(train.foreground) and len(val.foreground):
+            return [train], [val], f"one pair split along axis 0 at {cut}"
+    return [pair], [pair], (
+        "one pair too small (or too sparsely labelled) to split: validating on the training "
+        "data; give a validation set for an honest score"
+    )
+
+
+class PatchSampler:
+    """Draws (image, target) patches, deterministically from a seed sequence."""
+
+    def __init__(
+        self,
+        pairs: list[TrainPair],
+        patch: tuple[int, ...],
+        label_mode: str,
+        boundary_width: int,
+        foreground_fraction: float,
+        augmenter: Augmenter | None,
+    ) -> None:
+        self.pairs = pairs
+        self.patch = tuple(patch)
+        self.label_mode = label_mode
+        self.boundary_width = boundary_width
+        self.foreground_fraction = foreground_fraction
+        self.augmenter = augmenter
+        sizes = np.array([math.prod(p.spatial_shape) for p in pairs], dtype=np.float64)
+        self.weights = sizes / sizes.sum()
+
+    def _window(self, pair: TrainPair, rng: np.random.Generator, centred: bool) -> list[int]:
+        shape = pair.spatial_shape
+        if centred and len(pair.foreground):
+            c = pair.foreground[rng.integers(len(pair.foreground))]
+            start = [int(ci) - p // 2 for ci, p in zip(c, self.patch, strict=True)]
+        else:
+            start = [int(rng.integers(0, s - p + 1)) for s, p in
+                     zip(shape, self.patch, strict=True)]
+        return [min(max(0, a), s - p) for a, s, p in zip(start, shape, self.patch, strict=True)]
+
+    def read(self, pair: TrainPair, start: Sequence[int], margin: Sequence[int]
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised image ``(C, *region)`` and target around a patch, reflect-padded."""
+        shape = pair.spatial_shape
+        lo = [a - m for a, m in zip(start, margin, strict=True)]
+        hi = [a + p + m for a, p, m in zip(start, self.patch, margin, strict=True)]
+        sl = tuple(slice(max(0, a), min(s, b)) for a, b, s in zip(lo, hi, shape, strict=True))
+        pad = [(max(0, -a), max(0, b - s)) for a, b, s in zip(lo, hi, shape, strict=True)]
+        x = np.asarray(pair.image[(slice(None), *sl)].compute(scheduler="synchronous"))
+        y = np.asarray(pair.labels[sl].compute(scheduler="synchronous"))
+        x = pair.norm.apply(x, channel_axis=0)
+        t = make_target(y, self.label_mode, self.boundary_width)
+        if any(p for pp in pad for p in pp):
+            x = np.pad(x, [(0, 0), *pad], mode="reflect")
+            t = np.pad(t, pad, mode="reflect")
+        return x, t
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[int(rng.choice(len(self.pairs), p=self.weights))]
+        start = self._window(pair, rng, rng.random() < self.foreground_fraction)
+        if self.augmenter is None:
+            return self.read(pair, start, (0,) * len(self.patch))
+        x, t = self.read(pair, start, margin_for(self.patch))
+        return self.augmenter(x, t, self.patch, rng)
+
+    def batch(self, batch_size: int, seed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """A batch whose content depends only on ``seed`` (so runs and resumes repeat)."""
+        rng = np.random.default_rng(list(seed))
+        xs, ts = zip(*(self.sample(rng) for _ in range(batch_size)), strict=True)
+        return np.stack(xs), np.stack(ts)
+
+    def fixed_patches(self, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``n`` un-augmented patches drawn once (the validation set of a run)."""
+        rng = np.random.default_rng([seed, 7919])
+        out = []
+        for _ in range(n):
+            pair = self.pairs[int(rng.choice(len(self.pairs), p=self.weights))]
+            start = self._window(pair, rng, rng.random() < self.foreground_fraction)
+            out.append(self.read(pair, start, (0,) * len(self.patch)))
+        return out
+
+
+def class_weights(targets: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """Inverse-frequency class weights from sample targets, mean 1, clipped to [0.1, 10]."""
+    c = np.zeros(n_classes, dtype=np.float64)
+    for t in targets:
+        t = t[t != IGNORE]
+        c += np.bincount(t.ravel(), minlength=n_classes)[:n_classes]
+    freq = c / max(c.sum(), 1.0)
+    w = np.where(freq > 0, 1.0 / np.maximum(freq, 1e-12), 0.0)
+    w = w / w[w > 0].mean()
+    return np.clip(w, 0.1, 10.0)
+

@@ -1,0 +1,326 @@
+"""The training loop: a generator of events that returns a :class:`TrainResult`.
+
+A run directory holds everything needed to use or continue a run::
+
+    best.safetensors   model with the best validation Dice (what to segment with)
+    last.safetensors   model at the last save (epoch end or cancel)
+    last_state.pt      optimiser, scheduler, RNG, counters (tensors and plain data only)
+    config.yaml        the TrainConfig of the run
+    history.csv        one row per epoch
+
+Batches are drawn from seeds ``(seed, epoch, step)``, so a run is deterministic on the CPU
+and ``resume=True`` continues exactly where a cancelled or killed run stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..events import EpochEnd, Progress, StageStarted
+from ..inference.device import autocast, release_memory, select_device, select_precision
+from ..io import InputError
+from ..model.checkpoint import load_model, save_model
+from ..model.unet import UNet
+from .augment import Augmenter
+from .data import PatchSampler, class_weights, prepare_pairs, split_validation
+from .losses import dice_score, make_loss
+from .targets import n_classes_for
+
+__all__ = ["TrainResult", "train_iter"]
+
+STATE_FILE = "last_state.pt"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Outcome of a training run."""
+
+    run_dir: Path
+    best_model: Path
+    last_model: Path
+    history: list[EpochEnd]
+    best_val_dice: float
+    stopped: str  # "finished", "early stopping" or "cancelled"
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_history(path: Path, history: Sequence[EpochEnd]) -> None:
+    fields = [f.name for f in dataclasses.fields(EpochEnd)]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(fields)
+        for e in history:
+            w.writerow([getattr(e, f) for f in fields])
+    os.replace(tmp, path)
+
+
+def _batches(sampler: PatchSampler, config: TrainConfig, epoch: int, first_step: int,
+             pool: cf.ThreadPoolExecutor, depth: int = 2):
+    """Batches of one epoch, produced ``depth`` ahead in threads (order is deterministic)."""
+    steps = range(first_step, config.steps_per_epoch)
+    futures = []
+    it = iter(steps)
+    for step in it:
+        futures.append((step, pool.submit(sampler.batch, config.batch_size,
+                                          (config.seed, epoch, step))))
+        if len(futures) > depth:
+            break
+    while futures:
+        step, fut = futures.pop(0)
+        nxt = next(it, None)
+        if nxt is not None:
+            futures.append((nxt, pool.submit(sampler.batch, config.batch_size,
+                                             (config.seed, epoch, nxt))))
+        yield step, fut.result()
+
+
+def _evaluate(model, patches, loss_fn, device, precision, batch_size):
+    model.eval()
+    losses, inter, denom = [], 0.0, 0.0
+    with torch.no_grad():
+        for i in range(0, len(patches), batch_size):
+            xs, ts = zip(*patches[i : i + batch_size], strict=True)
+            x = torch.from_numpy(np.stack(xs)).to(device)
+            t = torch.from_numpy(np.stack(ts)).to(device)
+            with autocast(device, precision):
+                logits = model(x)
+            logits = logits.float()
+            losses.append(loss_fn(logits, t).item() * len(xs))
+            a, b = dice_score(logits, t)
+            inter += a
+            denom += b
+    model.train()
+    return sum(losses) / max(1, len(patches)), (inter / denom if denom > 0 else 1.0)
+
+
+def train_iter(
+    train_data: Sequence[Any],
+    config: TrainConfig | None = None,
+    val_data: Sequence[Any] | None = None,
+    run_dir: str | os.PathLike = "napari-unet-run",
+    resume: bool = False,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[Any, None, TrainResult]:
+    """Train a U-Net; yields :class:`Progress` per step and :class:`EpochEnd` per epoch.
+
+    Parameters
+    ----------
+    train_data : sequence of (image, labels)
+        Arrays (numpy / dask / zarr) or paths (zarr / TIFF), 2D or 3D, any sizes.
+    config : TrainConfig
+        All settings.
+    val_data : sequence of (image, labels), optional
+        Validation pairs; by default a part of ``train_data`` is held out.
+    run_dir : path
+        Folder for checkpoints, config and history.
+    resume : bool
+        Continue the run saved in ``run_dir`` (same optimiser and scheduler state).
+    cancel : callable, optional
+        Polled every step; returning True saves the last checkpoint and stops.
+    """
+    config = config or TrainConfig()
+    run_dir = Path(run_dir)
+    state_path = run_dir / STATE_FILE
+    if resume and not state_path.exists():
+        raise InputError(f"cannot resume: {str(state_path)!r} does not exist")
+    if not resume and state_path.exists():
+        raise InputError(
+            f"{str(run_dir)!r} already holds a training run; pass resume=True (CLI: --resume) "
+            "to continue it, or choose another run folder"
+        )
+    sd = config.model.spatial_dims
+    patch = tuple(config.patch_size)
+    yield StageStarted("prepare", message="checking and sampling the training data")
+    train_pairs, stats = prepare_pairs(train_data, sd, config.label_mode, patch,
+                                       config.normalize, "training", config.seed)
+    if val_data is not None and len(val_data):
+        val_pairs, vstats = prepare_pairs(val_data, sd, config.label_mode, patch,
+                                          config.normalize, "validation", config.seed)
+        split_note = f"{len(train_pairs)} training / {len(val_pairs)} validation pairs"
+        max_label = max(stats.max_label, vstats.max_label)
+    else:
+        train_pairs, val_pairs, split_note = split_validation(
+            train_pairs, config.val_fraction, config.seed, patch)
+        max_label = stats.max_label
+    if config.label_mode == "scribbles" and max_label < 2:
+        raise InputError(
+            "scribbles need at least two classes: paint background with label 1 and "
+            "foreground with label 2 (0 stays unlabelled)"
+        )
+    n_classes = n_classes_for(config.label_mode, max_label)
+    binary = n_classes == 2
+    model_cfg = config.model.replace(in_channels=int(train_pairs[0].image.shape[0]),
+                                     out_channels=1 if binary else n_classes)
+    device = select_device(config.device)
+    precision = select_precision(config.precision, device)
+
+    torch.manual_seed(config.seed)
+    model = UNet(model_cfg)
+    augmenter = Augmenter(sd, anisotropic=config.anisotropic) if config.augment else None
+    sampler = PatchSampler(train_pairs, patch, config.label_mode, config.boundary_width,
+                           config.foreground_fraction, augmenter)
+    val_sampler = PatchSampler(val_pairs, patch, config.label_mode, config.boundary_width,
+                               config.foreground_fraction, None)
+    val_set = val_sampler.fixed_patches(config.val_patches, config.seed)
+    weights = None
+    if config.class_weights == "auto" and config.loss != "dice":
+        sample = sampler.fixed_patches(min(64, 4 * config.batch_size), config.seed + 1)
+        weights = torch.tensor(class_weights([t for _, t in sample], n_classes),
+                               dtype=torch.float32)
+    loss_fn = make_loss(config.loss, binary, weights)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.5, patience=config.plateau_patience)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    metadata = {
+        "normalization": {"kind": "percentile", "low": config.normalize[0],
+                          "high": config.normalize[1]},
+        "label_mode": config.label_mode,
+        "boundary_width": config.boundary_width,
+        "class_names": (["background", "interior", "boundary"]
+                        if config.label_mode == "instances"
+                        else [f"class {i}" for i in range(n_classes)]),
+        "tile": [max(2 * p, 256 if sd == 2 else 96) for p in patch],
+        "patch_size": list(patch),
+        "train_config": config.to_dict(),
+    }
+    history: list[EpochEnd] = []
+    start_epoch, start_step, best, bad_epochs, global_step = 0, 0, -1.0, 0, 0
+    elapsed0 = 0.0
+    if resume:
+        state = torch.load(state_path, weights_only=True)
+        saved = TrainConfig.from_dict(state["config"])
+        if saved.replace(epochs=config.epochs) != config:
+            raise InputError(
+                f"cannot resume {str(run_dir)!r} with different settings (only epochs may "
+                "change); use the run's config.yaml"
+            )
+        last = load_model(run_dir / "last.safetensors")
+        model.load_state_dict(last.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        best, bad_epochs = float(state["best"]), int(state["bad_epochs"])
+        global_step, elapsed0 = int(state["global_step"]), float(state["elapsed"])
+        history = [EpochEnd(**h) for h in state["history"]]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.yaml")
+    model.to(device).train()
+    # Move optimiser state onto the device after a resume.
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if torch.is_tensor(v) and k != "step":
+                st[k] = v.to(device)
+
+    def save_last(epoch: int, step: int) -> None:
+        save_model(model, run_dir / "last.safetensors", **metadata, epoch=epoch, step=step)
+        _save_state(state_path, {
+            "config": config.to_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "epoch": epoch, "step": step, "best": best,
+            "bad_epochs": bad_epochs, "global_step": global_step,
+            "elapsed": elapsed0 + time.perf_counter() - t0,
+            "history": [dataclasses.asdict(h) for h in history],
+        })
+
+    yield StageStarted(
+        "train", total=config.epochs * config.steps_per_epoch,
+        message=f"{split_note}; {n_classes} classes ({config.label_mode}); device {device} "
+                f"({precision}); model {model_cfg.depth} levels, {model_cfg.base_filters} "
+                "base filters",
+    )
+    t0 = time.perf_counter()
+    stopped = "finished"
+    pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nu-patches")
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            if epoch != start_epoch or start_step == 0:
+                # Re-seed per epoch (dropout); a mid-epoch resume restores the saved RNG instead.
+                torch.manual_seed(config.seed * 100_003 + epoch)
+            losses = []
+            for step, (xb, tb) in _batches(sampler, config, epoch, start_step, pool):
+                if cancel is not None and cancel():
+                    save_last(epoch, step)
+                    stopped = "cancelled"
+                    break
+                x = torch.from_numpy(xb).to(device, non_blocking=True)
+                t = torch.from_numpy(tb).to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device, precision):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), t)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged at epoch {epoch + 1}, step {step + 1} (loss "
+                        f"{loss.item()}); lower the learning rate (lr={config.lr})"
+                    )
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                global_step += 1
+                losses.append(loss.item())
+                yield Progress("train", epoch * config.steps_per_epoch + step + 1,
+                               config.epochs * config.steps_per_epoch,
+                               f"epoch {epoch + 1} loss {losses[-1]:.4f}")
+            if stopped == "cancelled":
+                break
+            start_step = 0
+            val_loss, val_dice = _evaluate(model, val_set, loss_fn, device, precision,
+                                           config.batch_size)
+            scheduler.step(val_dice)
+            improved = val_dice > best + 1e-6
+            if improved:
+                best, bad_epochs = val_dice, 0
+                save_model(model, run_dir / "best.safetensors", **metadata, epoch=epoch + 1,
+                           val_dice=val_dice)
+            else:
+                bad_epochs += 1
+            event = EpochEnd(
+                epoch=epoch + 1, step=global_step,
+                train_loss=float(np.mean(losses)) if losses else math.nan,
+                val_loss=val_loss, val_dice=val_dice, lr=optimizer.param_groups[0]["lr"],
+                elapsed=elapsed0 + time.perf_counter() - t0,
+            )
+            history.append(event)
+            save_last(epoch + 1, 0)
+            _write_history(run_dir / "history.csv", history)
+            yield event
+            if bad_epochs >= config.patience:
+                stopped = "early stopping"
+                break
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        model.cpu()
+        release_memory(device)
+    best_path = run_dir / "best.safetensors"
+    if not best_path.exists():  # cancelled before the first validation
+        best_path = run_dir / "last.safetensors"
+    return TrainResult(run_dir, best_path, run_dir / "last.safetensors", history, best, stopped)

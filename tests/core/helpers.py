@@ -1,0 +1,50 @@
+"""Small models and data shared by the core tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Identity(torch.nn.Module):
+    """Returns its input: the engine must give back the normalised image exactly."""
+
+    def __init__(self, spatial_dims: int, channels: int = 1, multiple: int = 1) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels = channels
+        self.out_channels = channels
+        self.size_multiple = (multiple,) * spatial_dims
+        self.metadata = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+class Times(torch.nn.Module):
+    """Multiplies by a weight: a 'model' with parameters, for checkpoint-free invariance tests."""
+
+    def __init__(self, spatial_dims: int, factor: float = 2.0) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels = 1
+        self.out_channels = 1
+        self.w = torch.nn.Parameter(torch.tensor(factor))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+
+def tiny_unet(spatial_dims: int = 3, out_channels: int = 2, **kw):
+    from napari_unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(spatial_dims=spatial_dims, in_channels=kw.pop("in_channels", 1),
+                 out_channels=out_channels, depth=kw.pop("depth", 2),
+                 base_filters=kw.pop("base_filters", 4), **kw)
+    # Non-trivial BatchNorm statistics, as in a trained model.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()

@@ -1,0 +1,174 @@
+"""Invariants of the out-of-core engine: exact identity, block-size independence, axes, resume."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+import napari_unet as nu
+from napari_unet.events import BlockDone, Cancelled
+from napari_unet.normalize import percentile_normalization
+
+from .helpers import Identity, Times, tiny_unet
+
+
+def _normalised(x: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+    """What the engine should feed the model: percentiles over the whole volume, per channel."""
+    arr = x[None] if channel_axis is None else np.moveaxis(x, channel_axis, 0)
+    norm = percentile_normalization(da.from_array(arr), 0)
+    out = norm.apply(arr, channel_axis=0)
+    return out[0] if channel_axis is None else np.moveaxis(out, 0, channel_axis)
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile", "overlap", "block", "multiple"),
+    [
+        ((37, 45, 51), (16, 16, 16), 0.3, (20, 24, 28), 4),
+        ((13, 70, 9), (8, 32, 32), (3, 7, 1), (13, 30, 9), 8),  # axes shorter than a tile
+        ((5, 7, 11), (16, 16, 16), 0.5, None, 1),  # image smaller than one tile
+        ((101, 67), (32, 32), 0.25, (50, 40), 16),
+        ((64, 3), (16, 16), 0.0, None, 4),
+    ],
+)
+def test_identity_model_returns_normalised_input(shape, tile, overlap, block, multiple, rng):
+    x = (rng.random(shape) * 1000).astype(np.float32)
+    chunk = block
+    out = nu.predict(Identity(len(shape), multiple=multiple), x, mode="logits", tile=tile,
+                     overlap=overlap, block_shape=block, chunk_shape=chunk, device="cpu")
+    assert out.shape == (1, *shape)
+    np.testing.assert_allclose(out[0], _normalised(x), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("blending", ["gaussian", "constant"])
+def test_result_does_not_depend_on_block_size(tmp_path, rng, blending):
+    x = rng.normal(100, 20, (23, 61, 50)).astype(np.float32)
+    model = tiny_unet(3, out_channels=3)
+    common = dict(mode="probabilities", probability_dtype="float32", tile=(16, 32, 32),
+                  overlap=0.25, blending=blending, device="cpu")
+    small = nu.predict(model, x, tmp_path / "small.zarr", block_shape=(8, 16, 16), **common)
+    large = nu.predict(model, x, tmp_path / "large.zarr", block_shape=(24, 64, 64),
+                       chunk_shape=(8, 16, 16), **common)
+    assert small.chunks != large.chunks or small.shape == large.shape
+    np.testing.assert_allclose(small[:], large[:], atol=2e-6)
+    # Probabilities of a softmax model sum to one.
+    np.testing.assert_allclose(small[:].sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_in_memory_and_zarr_outputs_agree(tmp_path, rng):
+    x = rng.normal(0, 1, (50, 70)).astype(np.float32)
+    model = tiny_unet(2, out_channels=2)
+    a = nu.predict(model, x, mode="semantic", tile=(32, 32), device="cpu")
+    b = nu.predict(model, x, tmp_path / "o.zarr", mode="semantic", tile=(32, 32),
+                   block_shape=(32, 32), device="cpu")
+    assert isinstance(a, np.ndarray)
+    assert isinstance(b, zarr.Array)
+    np.testing.assert_array_equal(a, b[:])
+
+
+def test_channels_time_and_per_slice_axes(rng):
+    # 2D, channel last (RGB-like) and channel first give the same result.
+    x = rng.random((40, 50, 3)).astype(np.float32)
+    ident = Identity(2, channels=3)
+    last = nu.predict(ident, x, mode="logits", tile=(16, 16), device="cpu")
+    first = nu.predict(ident, np.moveaxis(x, -1, 0), mode="logits", tile=(16, 16), device="cpu")
+    np.testing.assert_allclose(last, first, atol=1e-6)
+    np.testing.assert_allclose(last, np.moveaxis(_normalised(x, -1), -1, 0), atol=2e-6)
+
+    # Time axis: frames processed one by one; normalisation over the whole series.
+    t = rng.random((3, 9, 20, 22)).astype(np.float32)
+    out = nu.predict(Identity(3), t, mode="logits", tile=(8, 8, 8), device="cpu")
+    assert out.shape == (3, 1, 9, 20, 22)
+    np.testing.assert_allclose(out[:, 0], _normalised(t), atol=2e-6)
+
+    # A 2D model over a z stack runs slice by slice.
+    z = rng.random((4, 30, 31)).astype(np.float32)
+    out = nu.predict(Identity(2), z, mode="logits", tile=(16, 16), device="cpu")
+    assert out.shape == (4, 1, 30, 31)
+
+    # Time + channels + 3D.
+    tc = rng.random((2, 2, 6, 10, 12)).astype(np.float32)
+    out = nu.predict(Identity(3, channels=2), tc, mode="logits", tile=(8, 8, 8), device="cpu")
+    assert out.shape == (2, 2, 6, 10, 12)
+
+
+def test_instances_are_connected_across_blocks(tmp_path):
+    classes_model = Times(3, factor=1.0)  # logit = normalised intensity
+    x = np.zeros((10, 64, 64), np.float32)
+    x[2:8, 5:60, 30:34] = 1.0  # one long bar crossing several blocks
+    x[2:8, 10:20, 5:15] = 1.0  # one blob
+    x[4, 40:50, 45:55] = 1.0  # a thin plate
+    out = nu.predict(classes_model, x, tmp_path / "inst.zarr", mode="instances",
+                     normalize=(0, 100), tile=(8, 16, 16), block_shape=(8, 16, 16),
+                     device="cpu")
+    labels = out[:]
+    assert labels.dtype == np.uint32
+    assert len(np.unique(labels[labels > 0])) == 3
+    assert len(np.unique(labels[2:8, 5:60, 30:34])) == 1
+    # The whole group is readable by open_volume (the result array is found by name).
+    arr, _ = nu.open_volume(tmp_path / "inst.zarr")
+    np.testing.assert_array_equal(arr.compute(), labels)
+
+
+def test_cancel_then_resume_skips_finished_blocks(tmp_path, rng):
+    x = rng.normal(0, 1, (16, 48, 48)).astype(np.float32)
+    model = tiny_unet(3)
+    opts = dict(mode="probabilities", tile=(16, 16, 16), block_shape=(16, 16, 16),
+                device="cpu")
+    full = nu.predict(model, x, tmp_path / "full.zarr", **opts)[:]
+
+    events = []
+    calls = {"n": 0}
+
+    def cancel_after_four():
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    with pytest.raises(Cancelled):
+        nu.predict(model, x, tmp_path / "part.zarr", progress=events.append,
+                   cancel=cancel_after_four, **opts)
+    written = [e for e in events if isinstance(e, BlockDone)]
+    assert 0 < len(written) < 9
+    events.clear()
+    resumed = nu.predict(model, x, tmp_path / "part.zarr", progress=events.append, **opts)
+    skipped = [e for e in events if isinstance(e, BlockDone) and e.skipped]
+    assert len(skipped) == len(written)
+    np.testing.assert_array_equal(resumed[:], full)
+
+
+def test_chunked_dask_and_zarr_inputs(tmp_path, rng):
+    x = rng.normal(0, 1, (30, 40)).astype(np.float32)
+    z = zarr.create_array(str(tmp_path / "in.zarr"), shape=x.shape, chunks=(7, 9),
+                          dtype="float32")
+    z[:] = x
+    model = tiny_unet(2)
+    ref = nu.predict(model, x, mode="probabilities", tile=(16, 16), device="cpu")
+    for src in (z, da.from_array(x, chunks=(11, 13)), tmp_path / "in.zarr",
+                str(tmp_path / "in.zarr")):
+        out = nu.predict(model, src, mode="probabilities", tile=(16, 16), device="cpu")
+        np.testing.assert_array_equal(out, ref)
+
+
+def test_tiff_input_is_read_lazily(tmp_path, rng):
+    import tifffile
+
+    x = (rng.random((6, 40, 44)) * 4000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", x, tile=(16, 16))
+    model = tiny_unet(3)
+    arr, info = nu.open_volume(tmp_path / "stack.tif")
+    assert isinstance(arr, da.Array) and arr.npartitions > 1
+    out = nu.predict(model, tmp_path / "stack.tif", mode="semantic", tile=(8, 16, 16),
+                     device="cpu")
+    ref = nu.predict(model, x, mode="semantic", tile=(8, 16, 16), device="cpu")
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_binary_model_threshold_and_probabilities(rng):
+    x = rng.normal(0, 1, (20, 24)).astype(np.float32)
+    model = Times(2, factor=1.0)
+    probs = nu.predict(model, x, mode="probabilities", probability_dtype="float32",
+                       normalize=(0, 100), tile=(8, 8), device="cpu")
+    sem = nu.predict(model, x, mode="semantic", normalize=(0, 100), threshold=0.6,
+                     tile=(8, 8), device="cpu")
+    np.testing.assert_array_equal(sem, (probs[0] > 0.6).astype(np.uint8))

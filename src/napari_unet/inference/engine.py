@@ -290,7 +290,7 @@ def predict_iter(
         _check_not_same_path(image, output)
     axes = config.axes or (info.axes if info.axes and len(info.axes) == array.ndim else None)
     layout = resolve_layout(tuple(array.shape), spec.spatial_dims, spec.in_channels, axes,
-                            source)
+                            source, bool(spec.metadata.get("rgb_to_gray", False)))
     canonical = layout.canonical(array)
     n_lead = len(layout.lead_axes)
     lead_shape = tuple(canonical.shape[:n_lead])
@@ -313,7 +313,7 @@ def predict_iter(
     job = {
         "model": spec.describe(),
         "input": {"source": source, "shape": list(array.shape), "dtype": str(array.dtype),
-                  "axes": layout.axes},
+                  "axes": layout.axes, "to_gray": layout.to_gray},
         "normalization": norm_record,
         "tile": list(grid.tile), "overlap": list(grid.overlap), "blending": config.blending,
         "sigma_scale": config.sigma_scale, "mode": config.mode,

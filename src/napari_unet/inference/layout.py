@@ -29,12 +29,16 @@ class Layout:
         "YX" or "ZYX".
     has_channel : bool
         Whether the input has an explicit channel axis.
+    to_gray : bool
+        Average the colour channels into one (a one-channel model trained on grayscale
+        versions of colour images).
     """
 
     axes: str
     lead_axes: str
     spatial_axes: str
     has_channel: bool
+    to_gray: bool = False
 
     @property
     def per_slice(self) -> bool:
@@ -48,7 +52,11 @@ class Layout:
             order.append(self.axes.index("C"))
         order += [self.axes.index(a) for a in self.spatial_axes]
         out = image.transpose(order)
-        if not self.has_channel:
+        if self.to_gray:
+            n = len(self.lead_axes)
+            rgb = out[(slice(None),) * n + (slice(0, 3),)]
+            out = rgb.astype("float32").mean(axis=n, keepdims=True)
+        elif not self.has_channel:
             n = len(self.lead_axes)
             out = da.expand_dims(out, axis=n)
         return out
@@ -57,7 +65,9 @@ class Layout:
         return self.lead_axes + ("C" if with_channel else "") + self.spatial_axes
 
 
-def _infer_axes(shape: tuple[int, ...], spatial_dims: int, in_channels: int, source: str) -> str:
+def _infer_axes(
+    shape: tuple[int, ...], spatial_dims: int, in_channels: int, source: str, to_gray: bool
+) -> str:
     nd = len(shape)
     spatial = "YX" if spatial_dims == 2 else "ZYX"
     extra = nd - spatial_dims
@@ -81,6 +91,8 @@ def _infer_axes(shape: tuple[int, ...], spatial_dims: int, in_channels: int, sou
             )
         if spatial_dims == 2:
             if shape[-1] in (3, 4) and min(shape[:2]) > 4:
+                if to_gray:
+                    return "YXC"
                 raise InputError(
                     f"{source}: shape {shape} looks like an RGB(A) image but the model takes one "
                     "channel; convert it to grayscale, or pass axes='ZYX' if it is a stack of "
@@ -110,6 +122,7 @@ def resolve_layout(
     in_channels: int,
     axes: str | None = None,
     source: str = "input",
+    rgb_to_gray: bool = False,
 ) -> Layout:
     """Check the input against the model and decide the role of each axis.
 
@@ -118,9 +131,12 @@ def resolve_layout(
     InputError
         The image has the wrong number of dimensions, no or the wrong channel axis, or
         axes that contradict its shape.
+
+    With ``rgb_to_gray`` an RGB(A) image feeds a one-channel model as the mean of its colour
+    channels (models trained on grayscale versions of colour images ask for this).
     """
     if axes is None:
-        axes = _infer_axes(shape, spatial_dims, in_channels, source)
+        axes = _infer_axes(shape, spatial_dims, in_channels, source, rgb_to_gray)
     axes = axes.upper()
     if len(axes) != len(shape):
         raise InputError(f"{source}: axes {axes!r} do not match the {len(shape)}D shape {shape}")
@@ -133,7 +149,8 @@ def resolve_layout(
         )
     has_c = "C" in axes
     n_channels = shape[axes.index("C")] if has_c else 1
-    if n_channels != in_channels:
+    to_gray = rgb_to_gray and in_channels == 1 and n_channels in (3, 4)
+    if n_channels != in_channels and not to_gray:
         raise InputError(
             f"{source}: the image has {n_channels} channel(s) (axes {axes}, shape {shape}) but "
             f"the model takes {in_channels}; choose a matching model or image"
@@ -142,4 +159,4 @@ def resolve_layout(
     for a, s in zip(axes, shape, strict=True):
         if s < 1:
             raise InputError(f"{source}: axis {a} of shape {shape} is empty")
-    return Layout(axes, lead, spatial, has_c)
+    return Layout(axes, lead, spatial, has_c, to_gray)

@@ -6,7 +6,7 @@ bash scripts/setup.sh --test
 
 .venv/bin/npe2 validate napari-unet
 .venv/bin/lint-imports
-.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks scripts
 
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 chmod 700 "$XDG_RUNTIME_DIR"

@@ -42,7 +42,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
+def save_model(
+    model: UNet, path: str | os.PathLike, dtype: str = "float32", **metadata: Any
+) -> Path:
     """Save ``model`` and its architecture to one ``.safetensors`` file, atomically.
 
     Parameters
@@ -52,6 +54,8 @@ def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
     path : path-like
         Destination file.  The file is written under a temporary name in the same folder
         and renamed into place, so a crash never leaves a half-written file at ``path``.
+    dtype : {"float32", "float16", "bfloat16"}
+        Storage type of floating-point weights (halves the file; loading restores float32).
     **metadata
         JSON-serialisable facts stored with the weights, e.g. ``normalization``,
         ``label_mode``, ``class_names``, ``tile``, ``halo``.  Values already stored on
@@ -82,7 +86,14 @@ def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
         header_text = json.dumps(header)
     except TypeError as err:
         raise CheckpointError(f"model metadata must be JSON-serialisable: {err}") from err
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    store = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in store:
+        raise ValueError(f"dtype must be one of {sorted(store)}, got {dtype!r}")
+    tensors = {
+        k: (v.detach().to("cpu", store[dtype]) if v.is_floating_point() else v.detach().cpu())
+        .contiguous()
+        for k, v in model.state_dict().items()
+    }
     blob = st_save(tensors, metadata={_HEADER_KEY: header_text})
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

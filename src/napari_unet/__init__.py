@@ -23,6 +23,7 @@ _LAZY = {
     "predict_iter": "napari_unet.api",
     "train": "napari_unet.api",
     "train_iter": "napari_unet.api",
+    "cross_validate": "napari_unet.api",
     "TrainConfig": "napari_unet.config",
     "open_volume": "napari_unet.io",
     "InputError": "napari_unet.io",
@@ -32,7 +33,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import predict, predict_iter, train, train_iter
+    from .api import cross_validate, predict, predict_iter, train, train_iter
     from .config import ConfigError, ModelConfig, PredictConfig, TrainConfig
     from .io import InputError, open_volume
     from .metrics import dice

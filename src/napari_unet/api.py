@@ -8,7 +8,7 @@ from typing import Any
 from .config import PredictConfig, TrainConfig
 from .events import drain
 
-__all__ = ["predict", "predict_iter", "train", "train_iter"]
+__all__ = ["predict", "predict_iter", "train", "train_iter", "cross_validate"]
 
 
 def predict_iter(
@@ -127,3 +127,25 @@ def train(
     if options:
         config = config.replace(**options)
     return drain(train_iter(train_data, config, val_data, run_dir, resume, cancel), progress)
+
+
+def cross_validate(
+    data: Any,
+    config: TrainConfig | None = None,
+    folds: int = 5,
+    run_dir: Any = "napari-unet-cv",
+    *,
+    progress: Callable[[Any], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    **options: Any,
+) -> Any:
+    """k-fold cross-validation (seeded by ``config.seed``): per-fold and mean validation Dice.
+
+    Returns a ``CrossValidationResult`` whose ``folds`` are the per-fold ``TrainResult``s.
+    """
+    from .training.crossval import cross_validate_iter
+
+    config = config or TrainConfig()
+    if options:
+        config = config.replace(**options)
+    return drain(cross_validate_iter(data, config, folds, run_dir, cancel), progress)

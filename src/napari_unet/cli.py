@@ -1,4 +1,4 @@
-"""Command line ``napari-unet {demo,predict,train,info}``: a thin layer over the API.
+"""Command line ``napari-unet {demo,predict,train,evaluate,info}``: a thin layer over the API.
 
 Every option maps onto a field of the same validated config used by the API and the widgets;
 ``--config FILE`` loads one (YAML/JSON) and flags override its fields.
@@ -145,12 +145,81 @@ def _train(args: argparse.Namespace) -> int:
     pairs = _pairs_from_folders(args.images, args.labels)
     val = _pairs_from_folders(args.val_images, args.val_labels) if args.val_images else None
     bar = _Bar(args.quiet)
+    if args.folds:
+        from .api import cross_validate
+
+        try:
+            cv = cross_validate(pairs, config, args.folds, args.out, progress=bar)
+        finally:
+            bar.close()
+        print(cv.report())
+        return 0
     try:
         result = train(pairs, config, val, args.out, resume=args.resume, progress=bar)
     finally:
         bar.close()
     print(f"{result.stopped}: best validation Dice {result.best_val_dice:.4f}; "
           f"model: {result.best_model}")
+    return 0
+
+
+def _files(path: str) -> dict[str, Path]:
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"{p} does not exist")
+    exts = (".tif", ".tiff", ".zarr", ".npy")
+    if p.is_file() or p.suffix == ".zarr":
+        return {p.stem: p}
+    return {q.stem: q for q in sorted(p.iterdir()) if q.suffix.lower() in exts}
+
+
+def _read_labels(path: Path):
+    import numpy as np
+
+    from .io import open_volume
+
+    if path.suffix == ".npy":
+        return np.load(path)
+    arr, _ = open_volume(path)
+    return np.asarray(arr)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluation import compare, evaluate
+
+    pred, truth = _files(args.pred), _files(args.truth)
+    if len(pred) == 1 and len(truth) == 1:
+        names = [next(iter(pred))]
+        pairs = [(next(iter(pred.values())), next(iter(truth.values())))]
+    else:
+        missing = sorted(set(truth) - set(pred))
+        if missing:
+            raise SystemExit(f"no prediction for {len(missing)} ground-truth image(s), e.g. "
+                             f"{missing[0]!r} (predictions need the same names)")
+        names = sorted(truth)
+        pairs = [(pred[n], truth[n]) for n in names]
+    report = evaluate(((_read_labels(p), _read_labels(t)) for p, t in pairs), names,
+                      instances=not args.semantic)
+    print(report.table())
+    if args.compare:
+        other = _files(args.compare)
+        if len(pred) == 1 and len(truth) == 1:
+            other_pairs = [(next(iter(other.values())), pairs[0][1])]
+        else:
+            other_pairs = [(other[n], truth[n]) for n in names]
+        report2 = evaluate(((_read_labels(p), _read_labels(t)) for p, t in other_pairs), names,
+                           instances=not args.semantic)
+        print(f"\npaired comparison: {args.pred} minus {args.compare}")
+        for m in ("dice", "ap50", "map") if not args.semantic else ("dice",):
+            c = compare(report.values(m), report2.values(m))
+            print(f"  {m:<6} {c['mean_difference']:+.4f} [{c['ci_low']:+.4f}, "
+                  f"{c['ci_high']:+.4f}]  Wilcoxon p={c['wilcoxon_p']:.3g}  "
+                  f"paired t p={c['ttest_p']:.3g}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"rows": report.rows, "summary": report.summary}, indent=2, default=float))
     return 0
 
 
@@ -231,7 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--folds", type=int, help="k-fold cross-validation instead of one run")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="score predicted labels against ground truth")
+    p.add_argument("pred", help="predicted labels: a file / .zarr, or a folder of them")
+    p.add_argument("truth", help="ground-truth labels with the same names")
+    p.add_argument("--semantic", action="store_true", help="skip object matching")
+    p.add_argument("--compare", help="second prediction folder: paired tests against it")
+    p.add_argument("--json", help="also write all scores to this JSON file")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("info", help="show a model file's architecture and metadata")
     p.add_argument("model")

@@ -27,7 +27,7 @@ from ..config import PredictConfig
 from ..events import BlockDone, Cancelled, Progress, StageStarted
 from ..io import InputError, open_volume
 from ..normalize import DEFAULT_PERCENTILES, Normalization, percentile_normalization
-from .device import autocast, release_memory, select_device, select_precision
+from .device import autocast, memory_format, release_memory, select_device, select_precision
 from .layout import Layout, resolve_layout
 from .store import OutputStore
 from .tiling import TileGrid, blending_weights, block_regions, round_up
@@ -193,6 +193,7 @@ class _BlockRunner:
         w = w[tuple(slice(0, v) for v in grid.valid)]
         self.weights = torch.from_numpy(np.ascontiguousarray(w)).to(device)
         self.pin = device.type == "cuda"
+        self.fmt = memory_format(spec.spatial_dims)
 
     def _tile_input(
         self, x: np.ndarray, in_region: tuple[slice, ...], origin: tuple[int, ...]
@@ -225,7 +226,7 @@ class _BlockRunner:
             xb = torch.from_numpy(np.stack([self._tile_input(x, in_region, o) for o in batch]))
             if self.pin:
                 xb = xb.pin_memory()
-            xb = xb.to(self.device, non_blocking=True)
+            xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
             with autocast(self.device, self.precision):
                 yb = self.spec.module(xb)
             yb = yb.float()
@@ -329,7 +330,7 @@ def predict_iter(
     runner = _BlockRunner(spec, plan, config, device, precision)
     was_training = spec.module.training
     spec.module.eval()
-    spec.module.to(device)
+    spec.module.to(device, memory_format=memory_format(spec.spatial_dims))
     try:
         yield from _run_blocks(store, plan, units, canonical, norm, runner, config, cancel,
                                source)

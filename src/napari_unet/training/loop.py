@@ -30,7 +30,13 @@ import torch
 
 from ..config import TrainConfig
 from ..events import EpochEnd, Progress, StageStarted
-from ..inference.device import autocast, release_memory, select_device, select_precision
+from ..inference.device import (
+    autocast,
+    memory_format,
+    release_memory,
+    select_device,
+    select_precision,
+)
 from ..io import InputError
 from ..model.checkpoint import load_model, save_model
 from ..model.unet import UNet
@@ -105,6 +111,7 @@ def _evaluate(model, patches, loss_fn, device, precision, batch_size):
         for i in range(0, len(patches), batch_size):
             xs, ts = zip(*patches[i : i + batch_size], strict=True)
             x = torch.from_numpy(np.stack(xs)).to(device)
+            x = x.contiguous(memory_format=memory_format(x.ndim - 2))
             t = torch.from_numpy(np.stack(ts)).to(device)
             with autocast(device, precision):
                 logits = model(x)
@@ -233,7 +240,8 @@ def train_iter(
         history = [EpochEnd(**h) for h in state["history"]]
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.yaml")
-    model.to(device).train()
+    fmt = memory_format(sd)
+    model.to(device, memory_format=fmt).train()
     # Move optimiser state onto the device after a resume.
     for st in optimizer.state.values():
         for k, v in st.items():
@@ -272,6 +280,7 @@ def train_iter(
                     stopped = "cancelled"
                     break
                 x = torch.from_numpy(xb).to(device, non_blocking=True)
+                x = x.contiguous(memory_format=fmt)
                 t = torch.from_numpy(tb).to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, precision):

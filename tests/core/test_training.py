@@ -1,0 +1,188 @@
+"""Training engine: targets, losses, augmentation, determinism, resume, scribbles, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import napari_unet as nu
+from napari_unet.cli import main
+from napari_unet.config import ConfigError, ModelConfig, TrainConfig
+from napari_unet.data.synthetic import synthetic_nuclei
+from napari_unet.evaluation import otsu_baseline
+from napari_unet.events import EpochEnd
+from napari_unet.io import InputError
+from napari_unet.metrics import dice
+from napari_unet.training.augment import Augmenter
+from napari_unet.training.losses import make_loss, soft_dice_loss
+from napari_unet.training.targets import IGNORE, make_target
+
+TINY = dict(model=ModelConfig(spatial_dims=2, depth=2, base_filters=4), patch_size=(32, 32),
+            batch_size=4, epochs=2, steps_per_epoch=3, val_patches=4, lr=3e-3, device="cpu")
+
+
+def test_instance_target_separates_touching_objects():
+    labels = np.zeros((8, 12), int)
+    labels[2:6, 1:6] = 1
+    labels[2:6, 6:11] = 2  # touching object 1
+    t = make_target(labels, "instances", boundary_width=1)
+    assert set(np.unique(t)) == {0, 1, 2}
+    assert (t[3:5, 5] == 2).all() and (t[3:5, 6] == 2).all()  # the contact line is boundary
+    assert (t[3:5, 3] == 1).all()
+    s = make_target(np.array([[0, 1, 2]]), "scribbles")
+    assert s.tolist() == [[IGNORE, 0, 1]]
+
+
+def test_losses_ignore_unlabelled_voxels():
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, :4] = IGNORE
+    for name in ("ce_dice", "dice", "ce", "focal"):
+        loss = make_loss(name, binary=False, class_weights=torch.tensor([1.0, 2.0, 3.0]))
+        value = loss(logits, target)
+        value.backward()
+        assert torch.isfinite(value)
+        # Gradients reach no voxel that is ignored.
+        assert logits.grad[:, :, :4].abs().sum() == 0
+        logits.grad = None
+    binary = make_loss("bce_dice", binary=True)
+    assert torch.isfinite(binary(torch.randn(2, 1, 8, 8), target.clamp(max=1)))
+    perfect = torch.full((1, 1, 4, 4), 20.0)
+    assert soft_dice_loss(perfect, torch.ones(1, 4, 4, dtype=torch.long)) < 1e-3
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_augmentation_keeps_image_and_labels_aligned(dims, rng):
+    shape = (48, 48) if dims == 2 else (24, 40, 40)
+    patch = (32, 32) if dims == 2 else (16, 24, 24)
+    coarse = rng.integers(0, 3, tuple(s // 8 for s in shape))
+    labels = np.kron(coarse, np.ones((8,) * dims, int))  # flat 8-voxel blocks
+    image = labels[None].astype(np.float32)  # the image *is* the label map
+    aug = Augmenter(dims, p_elastic=1.0, p_rotate=1.0, p_scale=1.0, p_gamma=0,
+                    p_contrast=0, p_brightness=0, p_noise=0, p_blur=0)
+    for seed in range(5):
+        x, t = aug(image, labels, patch, np.random.default_rng(seed))
+        assert x.shape == (1, *patch) and t.shape == patch
+        # Nearest-neighbour labels and linear image agree where the image is locally flat.
+        flat = np.abs(x[0] - np.round(x[0])) < 1e-4
+        assert flat.mean() > 0.3
+        np.testing.assert_array_equal(np.round(x[0][flat]), t[flat])
+
+
+def test_training_is_deterministic_and_resumes_exactly(tmp_path):
+    pairs = [synthetic_nuclei((64, 64), seed=s) for s in range(3)]
+    cfg = TrainConfig(**TINY, label_mode="instances")
+    a = nu.train(pairs, cfg, run_dir=tmp_path / "a")
+    b = nu.train(pairs, cfg, run_dir=tmp_path / "b")
+    wa = nu.load_model(a.last_model).state_dict()
+    wb = nu.load_model(b.last_model).state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    # Cancel in the middle of epoch 2, then resume: same weights as the uninterrupted run.
+    steps = {"n": 0}
+
+    def cancel():
+        steps["n"] += 1
+        return steps["n"] > 4
+
+    c = nu.train(pairs, cfg, run_dir=tmp_path / "c", cancel=cancel)
+    assert c.stopped == "cancelled" and len(c.history) == 1
+    c = nu.train(pairs, cfg, run_dir=tmp_path / "c", resume=True)
+    assert c.stopped == "finished" and [e.epoch for e in c.history] == [1, 2]
+    wc = nu.load_model(c.last_model).state_dict()
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert [e.val_dice for e in c.history] == [e.val_dice for e in a.history]
+    with pytest.raises(InputError, match="already holds a training run"):
+        nu.train(pairs, cfg, run_dir=tmp_path / "c")
+
+
+def test_scribbles_beat_otsu(tmp_path):
+    image, labels = synthetic_nuclei((192, 192), density=0.3, radius=(6, 10), seed=3)
+    # Uneven illumination defeats a global threshold.
+    yy, xx = np.mgrid[:192, :192]
+    image = (image * (0.3 + 1.4 * xx / 191)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    scribbles = np.zeros_like(labels, dtype=np.uint8)
+    fg = np.argwhere(labels > 0)
+    bg = np.argwhere(labels == 0)
+    for points, value, inside in ((fg, 2, labels > 0), (bg, 1, labels == 0)):
+        for y, x in points[rng.choice(len(points), 100, replace=False)]:
+            stroke = (y, slice(max(0, x - 1), x + 2))  # a short stroke, kept in its class
+            scribbles[stroke][inside[stroke]] = value
+    assert (scribbles > 0).mean() < 0.02  # a few strokes, not a full annotation
+    cfg = TrainConfig(model=ModelConfig(spatial_dims=2, depth=3, base_filters=8),
+                      label_mode="scribbles", patch_size=(64, 64), batch_size=8, epochs=6,
+                      steps_per_epoch=10, lr=3e-3, val_patches=8, device="cpu")
+    result = nu.train([(image, scribbles)], cfg, run_dir=tmp_path / "run")
+    model = nu.load_model(result.best_model)
+    pred = nu.predict(model, image, mode="semantic", device="cpu")
+    ours = dice(pred > 0, labels > 0)
+    otsu = dice(otsu_baseline(image) > 0, labels > 0)
+    print(f"scribbles Dice {ours:.3f} vs Otsu {otsu:.3f}")
+    assert ours > otsu + 0.05, (ours, otsu)
+
+
+def test_training_bad_input_is_named(tmp_path):
+    cfg = TrainConfig(**TINY)
+    img = np.zeros((64, 64), np.float32)
+    good = np.zeros((64, 64), np.uint16)
+    good[10:20, 10:20] = 1
+    cases = [
+        ([], "no training data"),
+        ([(img, good[:32])], "do not match"),
+        ([(img, np.zeros((64, 64), np.uint16))], "all zero"),
+        ([(img, good.astype(np.float32))], "float type"),
+        ([(img[:16, :16], good[:16, :16])], "smaller than patch_size"),
+        ([(np.full((64, 64), np.nan, np.float32), good)], "NaN"),
+        ([(img, good), (np.zeros((2, 64, 64), np.float32), good)], "channel"),
+    ]
+    for k, (pairs, message) in enumerate(cases):
+        with pytest.raises(InputError, match=message):
+            nu.train(pairs, cfg, run_dir=tmp_path / f"r{k}")
+    with pytest.raises(ConfigError, match="divisible"):
+        TrainConfig(**{**TINY, "patch_size": (30, 30)})
+    with pytest.raises(InputError, match="two classes"):
+        nu.train([(img, good)], TrainConfig(**TINY, label_mode="scribbles"),
+                 run_dir=tmp_path / "s")
+
+
+def test_train_cli_resume_and_cross_validation(tmp_path, capsys):
+    import tifffile
+
+    for d in ("images", "labels"):
+        (tmp_path / d).mkdir()
+    for s in range(3):
+        image, labels = synthetic_nuclei((48, 48), seed=s)
+        tifffile.imwrite(tmp_path / "images" / f"im{s}.tif", image)
+        tifffile.imwrite(tmp_path / "labels" / f"im{s}.tif", labels.astype(np.uint16))
+    common = ["--quiet", "train", "--images", str(tmp_path / "images"), "--labels",
+              str(tmp_path / "labels"), "--dims", "2", "--depth", "2", "--filters", "4",
+              "--patch", "32,32", "--batch-size", "2", "--steps", "2", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "run"), "--epochs", "1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "run"), "--epochs", "2", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "best validation Dice" in out
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header + 2 epochs
+    assert main([*common, "--out", str(tmp_path / "cv"), "--epochs", "1", "--folds", "3"]) == 0
+    assert "mean" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "cv").iterdir()) == ["fold1", "fold2", "fold3"]
+
+    # evaluate CLI on hand-made files: a perfect prediction scores 1.
+    assert main(["evaluate", str(tmp_path / "labels"), str(tmp_path / "labels")]) == 0
+    assert "1.0000 [1.0000, 1.0000]" in capsys.readouterr().out
+
+
+def test_3d_training_runs(tmp_path):
+    pairs = [synthetic_nuclei((16, 32, 32), radius=(3, 5), seed=s) for s in range(2)]
+    cfg = TrainConfig(model=ModelConfig(spatial_dims=3, depth=2, base_filters=4),
+                      patch_size=(8, 16, 16), batch_size=2, epochs=1, steps_per_epoch=2,
+                      val_patches=2, device="cpu", anisotropic=True, label_mode="classes")
+    events = []
+    result = nu.train([(i, (lab > 0).astype(np.uint8)) for i, lab in pairs], cfg,
+                      run_dir=tmp_path / "r3", progress=events.append)
+    assert any(isinstance(e, EpochEnd) for e in events)
+    model = nu.load_model(result.best_model)
+    assert model.config.spatial_dims == 3 and model.config.out_channels == 1
+    assert model.metadata["label_mode"] == "classes"

@@ -28,13 +28,18 @@ _LAZY = {
     "open_volume": "napari_unet.io",
     "InputError": "napari_unet.io",
     "dice": "napari_unet.metrics",
+    "evaluate": "napari_unet.evaluation",
+    # Understands napari layers; importing it loads napari (only when first used).
+    "segment": "napari_unet._napari._console",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._napari._console import segment
     from .api import cross_validate, predict, predict_iter, train, train_iter
     from .config import ConfigError, ModelConfig, PredictConfig, TrainConfig
+    from .evaluation import evaluate
     from .io import InputError, open_volume
     from .metrics import dice
     from .model.checkpoint import CheckpointError, load_model, save_model

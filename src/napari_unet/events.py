@@ -59,7 +59,7 @@ class EpochEnd:
     elapsed: float
 
 
-class Cancelled(RuntimeError):
+class Cancelled(Exception):
     """Raised by a synchronous run whose cancel hook returned True."""
 
 

@@ -1,0 +1,271 @@
+"""Segment with U-Net: a view of :class:`~napari_unet.config.PredictConfig` plus a worker.
+
+Large images are written to a zarr store and shown at once as a zarr-backed labels layer that
+fills in block by block; Cancel keeps finished blocks and running again resumes.  Results always
+land on the layer created for that run, whatever the user selects meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import napari
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.utils.notifications import show_error, show_info
+
+from . import _workers
+from ._layers import layer_axes, layer_data, layer_geometry, unique_name, visible_region
+from ._registry import registry
+
+__all__ = ["SegmentWidget"]
+
+IN_MEMORY_LIMIT = 64 * 2**20  # voxels; larger images go to a zarr store
+FILE_CHOICE = "model file..."
+
+
+def _parse_ints(text: str) -> tuple[int, ...] | None:
+    text = text.strip()
+    if not text or text.lower() == "auto":
+        return None
+    return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+
+
+class SegmentWidget(Container):
+    """Dock widget: pick a model and an image layer, segment it (out of core when large)."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors",
+                                   visible=False)
+        self.mode = ComboBox(label="output", value="instances",
+                             choices=["instances", "semantic", "probabilities"])
+        self.tile = LineEdit(label="tile", value="auto",
+                             tooltip="network input per axis, e.g. 512,512 or 64,128,128")
+        self.overlap = FloatSpinBox(label="overlap", value=0.25, min=0.0, max=0.9, step=0.05)
+        self.batch_size = SpinBox(label="batch size", value=4, min=1, max=256)
+        self.device = ComboBox(label="device", value="auto",
+                               choices=["auto", "cpu", "cuda", "mps"])
+        self.precision = ComboBox(label="precision", value="auto",
+                                  choices=["auto", "fp32", "bf16", "fp16"])
+        self.per_slice = CheckBox(label="2D model: slice by slice", value=True,
+                                  tooltip="run a 2D model on every slice of a 3D stack")
+        self.store = ComboBox(label="write to", value="auto",
+                              choices=["auto", "memory", "zarr file"],
+                              tooltip="auto: in memory for small images, else a zarr store in "
+                                      "the temporary folder (resumable)")
+        self.store_path = FileEdit(label="zarr store", mode="w", filter="*.zarr", visible=False)
+        self.overwrite = CheckBox(label="overwrite a different result", value=False)
+        self.view_only = CheckBox(label="current view only", value=False,
+                                  tooltip="segment just what is on screen, for a quick look")
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, max=1)
+        self.status = Label(value="")
+        self.extend([
+            self.image, self.model, self.model_file, self.mode, self.tile, self.overlap,
+            self.batch_size, self.device, self.precision, self.per_slice, self.store,
+            self.store_path, self.overwrite, self.view_only, self.run_button,
+            self.cancel_button, self.progress, self.status,
+        ])
+        self.model.changed.connect(self._on_model_choice)
+        self.store.changed.connect(
+            lambda v: setattr(self.store_path, "visible", v == "zarr file"))
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        registry.changed.connect(self._refresh_models)
+        # The registry outlives dock widgets: stop notifying one once Qt has deleted it.
+        self.native.destroyed.connect(
+            lambda *_: registry.changed.disconnect(self._refresh_models, missing_ok=True))
+        self.job: _workers.Job | None = None
+        self._on_model_choice(self.model.value)
+
+    # -- models -----------------------------------------------------------------------------
+    def _model_choices(self, *_: Any) -> list[str]:
+        return [*registry.choices(), FILE_CHOICE]
+
+    def _refresh_models(self) -> None:
+        self.model.reset_choices()
+
+    def _on_model_choice(self, value: Any) -> None:
+        self.model_file.visible = value == FILE_CHOICE
+
+    def model_path(self) -> Path:
+        if self.model.value == FILE_CHOICE:
+            path = Path(self.model_file.value)
+            if not path.is_file():
+                raise ValueError("choose a model file (.safetensors)")
+            return path
+        path = registry.path(self.model.value)
+        if path is None:
+            raise ValueError("no model selected: train one or choose a model file")
+        return path
+
+    # -- run --------------------------------------------------------------------------------
+    def _config(self, spatial_dims: int, layer: Any) -> Any:
+        from ..config import PredictConfig
+
+        axes = layer_axes(layer)
+        data = layer_data(layer)
+        ndim = data.ndim - (1 if layer.rgb else 0)
+        if axes is None and spatial_dims == 2 and ndim == 3 and not self.per_slice.value:
+            raise ValueError(
+                f"layer {layer.name!r} is 3D but the model is 2D; tick '2D model: slice by "
+                "slice' or choose a 3D model")
+        return PredictConfig(
+            mode=self.mode.value, tile=_parse_ints(self.tile.value),
+            overlap=float(self.overlap.value), batch_size=int(self.batch_size.value),
+            device=self.device.value, precision=self.precision.value, axes=axes,
+            overwrite=bool(self.overwrite.value),
+        )
+
+    def _output_path(self, layer: Any, config: Any, n_voxels: int, model_path: Path
+                     ) -> Path | None:
+        choice = self.store.value
+        if choice == "memory" or (choice == "auto" and n_voxels <= IN_MEMORY_LIMIT):
+            return None
+        if choice == "zarr file":
+            path = Path(self.store_path.value)
+            if not str(path) or path == Path("."):
+                raise ValueError("choose where to write the zarr store")
+            return path
+        # Managed location: stable for the same layer, model and settings, so a second run
+        # resumes the first.
+        key = hashlib.sha1(f"{layer.name}|{model_path}|{config.to_json()}".encode()).hexdigest()
+        return Path(tempfile.gettempdir()) / "napari-unet" / f"{layer.name}-{key[:10]}.zarr"
+
+    def run(self) -> _workers.Job | None:
+        """Start segmenting; returns the job (None when the input was refused)."""
+        from ..model.checkpoint import read_metadata
+
+        if self.job is not None and self.job.running:
+            show_info("napari-unet: a segmentation is already running")
+            return None
+        layer = self.image.value
+        if layer is None:
+            show_error("napari-unet: no image layer; open or select an image first")
+            return None
+        try:
+            model_path = self.model_path()
+            meta = read_metadata(model_path)
+            spatial_dims = int(meta["model"]["spatial_dims"])
+            config = self._config(spatial_dims, layer)
+            data = layer_data(layer)
+            region = None
+            if self.view_only.value:
+                depth = (config.tile or meta.get("tile") or [32])[0] if spatial_dims == 3 else 1
+                region = visible_region(self.viewer, layer, spatial_dims, int(depth))
+                data = data[region + (slice(None),) * (data.ndim - len(region))]
+                output = None
+            else:
+                output = self._output_path(layer, config, int(data.size), model_path)
+        except Exception as err:  # noqa: BLE001 - any refusal becomes a notification
+            show_error(f"napari-unet: {err}")
+            return None
+        return self._start(layer, data, model_path, config, output, region, spatial_dims)
+
+    def _start(self, layer, data, model_path, config, output, region, spatial_dims):
+        from ..api import predict_iter
+        from ..events import BlockDone, Progress, StageStarted
+
+        name = unique_name(self.viewer, f"{layer.name} {config.mode}"
+                           + (" (view)" if region is not None else ""))
+        geometry = layer_geometry(layer, layer_data(layer).ndim - (1 if layer.rgb else 0))
+        if region is not None:
+            geometry["translate"] = tuple(
+                t + s * r.start for t, s, r in zip(geometry["translate"], geometry["scale"],
+                                                   region, strict=False))
+        state: dict[str, Any] = {"layer": None, "last_refresh": 0.0, "sd": spatial_dims}
+
+        def make(job):
+            return predict_iter(str(model_path), data, output, config, cancel=job.is_cancelled)
+
+        def on_event(event):
+            if isinstance(event, StageStarted):
+                self.status.value = event.message or event.stage
+                if event.total:
+                    self.progress.max = event.total
+                    self.progress.value = 0
+                if event.stage == "predict" and output is not None and state["layer"] is None:
+                    state["layer"] = self._live_layer(output, name, geometry, spatial_dims)
+            elif isinstance(event, (BlockDone, Progress)):
+                self.progress.value = event.done
+                now = time.monotonic()
+                if state["layer"] is not None and now - state["last_refresh"] > 0.25:
+                    state["layer"].refresh()
+                    state["last_refresh"] = now
+
+        def on_done(result):
+            self._show_result(result, output, name, geometry, state)
+            self.status.value = f"done: {name}"
+
+        def on_finished():
+            self.run_button.enabled = True
+            self.cancel_button.enabled = False
+            if state["layer"] is not None:
+                state["layer"].refresh()
+
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "starting"
+        self.job = _workers.start(make, on_event, on_done, on_finished=on_finished)
+        return self.job
+
+    @staticmethod
+    def _foreground(probabilities: Any, spatial_dims: int) -> Any:
+        """The last class's probability (foreground) of a ``(*lead, C, *spatial)`` array."""
+        c_axis = probabilities.ndim - spatial_dims - 1
+        return probabilities[(slice(None),) * c_axis + (-1,)]
+
+    def _live_layer(self, output: Path, name: str, geometry: dict[str, Any],
+                    spatial_dims: int) -> Any:
+        """A layer backed by the zarr store being written: it fills in as blocks finish."""
+        import zarr
+
+        group = zarr.open_group(str(output), mode="r")
+        mode = self.mode.value
+        if mode == "probabilities":
+            import dask.array as da
+
+            fg = self._foreground(da.from_zarr(group["probabilities"]), spatial_dims)
+            return self.viewer.add_image(fg, name=name, colormap="magma",
+                                         contrast_limits=(0, 1), **geometry)
+        arr = group["semantic" if mode == "instances" else "labels"]
+        return self.viewer.add_labels(arr, name=name, **geometry)
+
+    def _show_result(self, result, output, name, geometry, state) -> None:
+        layer = state["layer"]
+        if self.mode.value == "probabilities":
+            if layer is None:
+                fg = self._foreground(result, state["sd"])
+                state["layer"] = self.viewer.add_image(fg, name=name, colormap="magma",
+                                                       contrast_limits=(0, 1), **geometry)
+            return
+        if layer is None:
+            state["layer"] = self.viewer.add_labels(result, name=name, **geometry)
+        else:
+            layer.data = result  # instances: from the class map to the final labels
+            layer.refresh()
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.status.value = "cancelling after the blocks in flight"

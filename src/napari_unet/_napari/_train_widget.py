@@ -1,0 +1,274 @@
+"""Train U-Net: a view of :class:`~napari_unet.config.TrainConfig` running the core's generator.
+
+Shows a progress bar, a live plot of train / validation loss and validation Dice, and after
+every epoch a preview of the region on screen predicted by the latest model.  Stop keeps the
+best and last checkpoints; the run can be resumed.  The best model becomes selectable in the
+segment widget at once.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import napari
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.utils.notifications import show_error, show_info
+
+from . import _workers
+from ._layers import layer_data, layer_geometry, unique_name, visible_region
+from ._plot import CurvePlot
+from ._registry import registry
+
+__all__ = ["TrainWidget", "DIMS_2D", "DIMS_3D", "DIMS_SLICES"]
+
+DIMS_2D, DIMS_3D, DIMS_SLICES = "2D", "3D", "3D stack as 2D slices"
+
+
+def _auto_patch(shape: tuple[int, ...], multiple: tuple[int, ...], wanted: tuple[int, ...]
+                ) -> tuple[int, ...]:
+    out = []
+    for s, m, w in zip(shape, multiple, wanted, strict=True):
+        p = min(w, (s // m) * m)
+        if p < m:
+            raise ValueError(
+                f"the image ({shape}) is too small for this depth: each axis needs at least "
+                f"{m} pixels; lower the depth")
+        out.append(p)
+    return tuple(out)
+
+
+def _slices_with_labels(image: Any, labels: Any) -> list[tuple[Any, Any]]:
+    """(image[z], labels[z]) for every z slice that has labels (runs in the worker)."""
+    import numpy as np
+
+    pairs = []
+    for z in range(labels.shape[0]):
+        if np.asarray(labels[z]).any():
+            pairs.append((image[z], labels[z]))
+    return pairs
+
+
+class TrainWidget(Container):
+    """Dock widget: train a U-Net on an image layer and a labels layer."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
+        self.label_mode = ComboBox(label="labels are", value="instances",
+                                   choices=["instances", "classes", "scribbles"],
+                                   tooltip="instances: one id per object; classes: class ids; "
+                                           "scribbles: 1 = background, 2.. = classes, "
+                                           "0 = unlabelled")
+        self.dims = ComboBox(label="model", value=DIMS_2D,
+                             choices=[DIMS_2D, DIMS_3D, DIMS_SLICES])
+        self.depth = SpinBox(label="depth", value=4, min=1, max=6)
+        self.filters = SpinBox(label="base filters", value=16, min=1, max=256)
+        self.patch = LineEdit(label="patch", value="auto",
+                              tooltip="patch per axis, e.g. 256,256 or 32,96,96")
+        self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
+        self.epochs = SpinBox(label="epochs", value=30, min=1, max=100_000)
+        self.steps = SpinBox(label="steps / epoch", value=50, min=1, max=100_000)
+        self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0,
+                               step=1e-4)
+        self.loss = ComboBox(label="loss", value="auto",
+                             choices=["auto", "bce_dice", "ce_dice", "dice", "ce", "focal"])
+        self.augment = CheckBox(label="augmentation", value=True)
+        self.device = ComboBox(label="device", value="auto",
+                               choices=["auto", "cpu", "cuda", "mps"])
+        self.run_dir = FileEdit(label="save run in", mode="d",
+                                value=str(Path.home() / "napari-unet-runs" / "run"))
+        self.resume = CheckBox(label="resume the run in this folder", value=False)
+        self.preview = CheckBox(label="live preview of the view", value=True)
+        self.start_button = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop (keeps checkpoints)", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, max=1)
+        self.status = Label(value="")
+        self.extend([
+            self.image, self.labels, self.label_mode, self.dims, self.depth, self.filters,
+            self.patch, self.batch_size, self.epochs, self.steps, self.lr, self.loss,
+            self.augment, self.device, self.run_dir, self.resume, self.preview,
+            self.start_button, self.stop_button, self.progress, self.status,
+        ])
+        self.plot = CurvePlot()
+        self.native.layout().addWidget(self.plot)
+        self.image.changed.connect(self._default_dims)
+        self.start_button.changed.connect(self.start)
+        self.stop_button.changed.connect(self.stop)
+        self.job: _workers.Job | None = None
+        self._preview_job: _workers.Job | None = None
+        self._preview_layer: Any = None
+        self.result: Any = None
+        self._default_dims(self.image.value)
+
+    def _default_dims(self, layer: Any) -> None:
+        """2D for 2D layers; 3D stacks train in 3D unless z is much coarser than x/y."""
+        if layer is None:
+            return
+        ndim = layer_data(layer).ndim - (1 if layer.rgb else 0)
+        if ndim == 2:
+            self.dims.value = DIMS_2D
+        elif ndim == 3:
+            sz, sy = float(layer.scale[-3]), float(layer.scale[-2])
+            few = layer_data(layer).shape[-3 - (1 if layer.rgb else 0)] < 16
+            self.dims.value = DIMS_SLICES if (sz > 4 * sy or few) else DIMS_3D
+
+    # -- configuration -----------------------------------------------------------------------
+    def config_and_data(self) -> tuple[Any, Any, Any, Any]:
+        """Validated TrainConfig and the arrays to train on (read here, on the GUI thread)."""
+        from ..config import ModelConfig, TrainConfig
+
+        image, labels = self.image.value, self.labels.value
+        if image is None:
+            raise ValueError("no image layer: open or select the image to train on")
+        if labels is None:
+            raise ValueError("no labels layer: paint labels (or scribbles) on a labels layer")
+        img, lab = layer_data(image), layer_data(labels)
+        spatial = tuple(img.shape[:-1] if image.rgb else img.shape)
+        if spatial != tuple(lab.shape):
+            raise ValueError(
+                f"labels layer {labels.name!r} has shape {tuple(lab.shape)} but image "
+                f"{image.name!r} has {spatial}; draw the labels on a layer of the image's shape")
+        dims = self.dims.value
+        sd = 3 if dims == DIMS_3D else 2
+        if sd == 3 and len(spatial) != 3:
+            raise ValueError(f"a 3D model needs a 3D image; {image.name!r} is {len(spatial)}D")
+        if dims == DIMS_SLICES and len(spatial) != 3:
+            raise ValueError("'3D stack as 2D slices' needs a 3D image")
+        model = ModelConfig(spatial_dims=sd, depth=int(self.depth.value),
+                            base_filters=int(self.filters.value),
+                            norm="batch" if sd == 2 else "group")
+        patch_spatial = spatial[-sd:]
+        text = self.patch.value.strip().lower()
+        if text in ("", "auto"):
+            wanted = (256, 256) if sd == 2 else (32, 96, 96)
+            patch = _auto_patch(patch_spatial, model.size_multiple, wanted)
+        else:
+            patch = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        config = TrainConfig(
+            model=model, label_mode=self.label_mode.value, patch_size=patch,
+            batch_size=int(self.batch_size.value), epochs=int(self.epochs.value),
+            steps_per_epoch=int(self.steps.value), lr=float(self.lr.value),
+            loss=self.loss.value, augment=bool(self.augment.value), device=self.device.value,
+            anisotropic=sd == 3 and float(image.scale[-3]) > 1.5 * float(image.scale[-1]),
+        )
+        return config, img, lab, dims
+
+    # -- run ---------------------------------------------------------------------------------
+    def start(self) -> _workers.Job | None:
+        from ..api import train_iter
+        from ..events import EpochEnd, Progress, StageStarted
+
+        if self.job is not None and self.job.running:
+            show_info("napari-unet: training is already running")
+            return None
+        try:
+            config, img, lab, dims = self.config_and_data()
+            run_dir = Path(self.run_dir.value)
+            if not self.resume.value and (run_dir / "last_state.pt").exists():
+                raise ValueError(
+                    f"{run_dir} already holds a training run: tick 'resume' or choose another "
+                    "folder")
+        except Exception as err:  # noqa: BLE001 - a refusal is a notification
+            show_error(f"napari-unet: {err}")
+            return None
+        image_layer = self.image.value
+        resume = bool(self.resume.value)
+        if image_layer.rgb:
+            import dask.array as da
+
+            img = da.asarray(img)[..., :3].astype("float32").mean(axis=-1)
+
+        def make(job):
+            pairs = (_slices_with_labels(img, lab) if dims == DIMS_SLICES else [(img, lab)])
+            return train_iter(pairs, config, None, run_dir, resume, cancel=job.is_cancelled)
+
+        def on_event(event):
+            if isinstance(event, StageStarted):
+                self.status.value = event.message or event.stage
+                if event.total:
+                    self.progress.max = event.total
+            elif isinstance(event, Progress):
+                self.progress.value = event.done
+                self.status.value = event.message
+            elif isinstance(event, EpochEnd):
+                self.plot.add("train loss", event.epoch, event.train_loss)
+                self.plot.add("val loss", event.epoch, event.val_loss)
+                self.plot.add("val Dice", event.epoch, event.val_dice)
+                self.status.value = (f"epoch {event.epoch}: val Dice {event.val_dice:.3f}, "
+                                     f"loss {event.train_loss:.3f}")
+                if self.preview.value:
+                    self._start_preview(image_layer, run_dir / "last.safetensors", dims)
+
+        def on_done(result):
+            self.result = result
+            name = registry.add(f"{run_dir.name} (trained)", result.best_model)
+            self.status.value = (f"{result.stopped}: best val Dice {result.best_val_dice:.3f}; "
+                                 f"model '{name}' is ready in the segment widget")
+
+        def on_finished():
+            self.start_button.enabled = True
+            self.stop_button.enabled = False
+
+        self.plot.clear()
+        self.start_button.enabled = False
+        self.stop_button.enabled = True
+        self.job = _workers.start(make, on_event, on_done, on_finished=on_finished)
+        return self.job
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.status.value = "stopping: saving the last checkpoint"
+
+    # -- live preview ------------------------------------------------------------------------
+    def _start_preview(self, layer: Any, model_path: Path, dims: str) -> None:
+        """Predict the region on screen with the newest checkpoint (skipped while busy)."""
+        from ..api import predict_iter
+        from ..config import PredictConfig
+
+        if self._preview_job is not None and self._preview_job.running:
+            return
+        sd = 3 if dims == DIMS_3D else 2
+        region = visible_region(self.viewer, layer, sd, depth=32)
+        data = layer_data(layer)
+        crop = data[region + (slice(None),) * (data.ndim - len(region))]
+        geometry = layer_geometry(layer, len(region))
+        geometry["translate"] = tuple(
+            t + s * r.start for t, s, r in zip(geometry["translate"], geometry["scale"], region,
+                                               strict=True))
+        axes = None
+        if layer.rgb:
+            axes = "YXC" if crop.ndim == 3 else "ZYXC"
+        config = PredictConfig(mode="instances" if self.label_mode.value == "instances"
+                               else "semantic", axes=axes, device=self.device.value)
+
+        def make(job):
+            return predict_iter(str(model_path), crop, None, config, cancel=job.is_cancelled)
+
+        def on_done(result):
+            if self._preview_layer is None or self._preview_layer not in self.viewer.layers:
+                self._preview_layer = self.viewer.add_labels(
+                    result, name=unique_name(self.viewer, "training preview"), opacity=0.5,
+                    **geometry)
+            else:
+                self._preview_layer.data = result
+                self._preview_layer.translate = geometry["translate"]
+
+        self._preview_job = _workers.start(make, on_done=on_done)
+        self._preview_started = time.monotonic()

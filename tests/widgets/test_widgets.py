@@ -1,0 +1,240 @@
+"""The three dock widgets end to end on small synthetic data, in worker threads."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+import napari_unet as nu
+from napari_unet._napari import _segment_widget, _train_widget, _workers
+from napari_unet._napari._evaluate_widget import EvaluateWidget
+from napari_unet._napari._registry import registry
+from napari_unet._napari._segment_widget import SegmentWidget
+from napari_unet._napari._train_widget import TrainWidget
+from napari_unet.data.synthetic import synthetic_nuclei
+
+from ..core.helpers import tiny_unet
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """Notifications shown to the user (errors must be messages, not exceptions)."""
+    seen: list[str] = []
+    import napari.utils.notifications as notifications
+
+    for module in (notifications, _segment_widget, _train_widget):
+        monkeypatch.setattr(module, "show_error", seen.append, raising=False)
+        monkeypatch.setattr(module, "show_info", seen.append, raising=False)
+    return seen
+
+
+def _wait(qtbot, job, timeout=120_000):
+    assert job is not None
+    qtbot.waitUntil(lambda: not job.running, timeout=timeout)
+
+
+@pytest.fixture
+def model3d(tmp_path):
+    path = nu.save_model(tiny_unet(3, out_channels=2), tmp_path / "tiny3d.safetensors")
+    name = registry.add("tiny 3D (test)", path)
+    return name, path
+
+
+def test_segment_widget_zarr_live_layer_cancel_and_resume(make_napari_viewer, qtbot, tmp_path,
+                                                          model3d, messages):
+    viewer = make_napari_viewer()
+    image, _ = synthetic_nuclei((16, 96, 96), seed=0)
+    layer = viewer.add_image(image, name="stack", scale=(2.0, 1.0, 1.0))
+    other = viewer.add_image(np.zeros((4, 4)), name="other")
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.reset_choices()
+    w.image.value = layer
+    w.model.value = model3d[0]
+    w.mode.value = "semantic"
+    w.tile.value = "16,32,32"
+    w.store.value = "zarr file"
+    w.store_path.value = str(tmp_path / "seg.zarr")
+
+    job = w.run()
+    job.cancel()  # cancelled before the first block: nothing lost, nothing half-written
+    _wait(qtbot, job)
+    assert any("cancelled" in m for m in messages)
+
+    viewer.layers.selection.active = other  # the user moves on; results must not follow
+    job = w.run()
+    _wait(qtbot, job)
+    result = viewer.layers["stack semantic [2]"] if "stack semantic [2]" in viewer.layers \
+        else viewer.layers["stack semantic"]
+    assert result.data.shape == image.shape
+    assert tuple(result.scale) == (2.0, 1.0, 1.0)
+    expected = nu.predict(nu.load_model(model3d[1]), image, mode="semantic", tile=(16, 32, 32),
+                          device="cpu")
+    stored = zarr.open_group(str(tmp_path / "seg.zarr"), mode="r")["labels"][:]
+    np.testing.assert_array_equal(stored, expected)
+    np.testing.assert_array_equal(np.asarray(result.data), expected)
+    assert other.data.shape == (4, 4)  # untouched
+
+
+def test_segment_widget_in_memory_view_only_and_bad_input(make_napari_viewer, qtbot, tmp_path,
+                                                          messages):
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.run() is None and any("no image layer" in m for m in messages)
+
+    path = nu.save_model(tiny_unet(2, out_channels=3), tmp_path / "tiny2d.safetensors",
+                         label_mode="instances")
+    w.model.reset_choices()
+    name = registry.add("tiny 2D (test)", path)
+    image, _ = synthetic_nuclei((128, 160), seed=1)
+    layer = viewer.add_image(image, name="img")
+    w.reset_choices()
+    w.image.value = layer
+    w.model.value = name
+    w.mode.value = "instances"
+    job = w.run()
+    _wait(qtbot, job)
+    assert viewer.layers["img instances"].data.shape == (128, 160)
+
+    w.view_only.value = True
+    job = w.run()
+    _wait(qtbot, job)
+    view = viewer.layers["img instances (view)"]
+    assert view.data.ndim == 2 and view.data.size <= image.size
+
+    # An RGB image and a one-channel model: a clear message, no traceback dialog.
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
+    w.view_only.value = False
+    w.image.value = rgb
+    messages.clear()
+    job = w.run()
+    _wait(qtbot, job)
+    assert any("RGB" in m or "channel" in m for m in messages), messages
+
+
+def test_train_widget_trains_stops_resumes_and_registers(make_napari_viewer, qtbot, tmp_path,
+                                                          messages):
+    viewer = make_napari_viewer()
+    image, labels = synthetic_nuclei((96, 96), seed=2)
+    img_layer = viewer.add_image(image, name="cells")
+    lab_layer = viewer.add_labels(labels.astype(np.uint16), name="cells labels")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.reset_choices()
+    w.image.value, w.labels.value = img_layer, lab_layer
+    assert w.dims.value == "2D"
+    w.depth.value, w.filters.value = 2, 4
+    w.patch.value = "32,32"
+    w.batch_size.value, w.epochs.value, w.steps.value = 4, 2, 3
+    w.device.value = "cpu"
+    w.run_dir.value = str(tmp_path / "run")
+
+    job = w.start()
+    job.cancel()
+    _wait(qtbot, job)
+    assert (tmp_path / "run" / "last.safetensors").exists()
+
+    w.resume.value = True
+    job = w.start()
+    _wait(qtbot, job)
+    assert w.result.stopped == "finished"
+    assert len(w.plot.series["val Dice"]) >= 1
+    assert any(n.endswith("(trained)") for n in registry.choices())
+    qtbot.waitUntil(lambda: any(layer.name.startswith("training preview")
+                                for layer in viewer.layers), timeout=60_000)
+
+    # Bad input: labels of another shape.
+    bad = viewer.add_labels(np.zeros((10, 10), np.uint8), name="wrong")
+    w.labels.value = bad
+    messages.clear()
+    assert w.start() is None
+    assert any("shape" in m for m in messages)
+
+
+def test_evaluate_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    truth = np.zeros((40, 40), np.uint16)
+    truth[5:15, 5:15] = 1
+    truth[25:35, 25:35] = 2
+    pred = truth.copy()
+    pred[25:35, 25:35] = 0  # missed
+    pred[2:4, 30:34] = 7  # spurious
+    p = viewer.add_labels(pred, name="pred")
+    t = viewer.add_labels(truth, name="truth")
+    w = EvaluateWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.reset_choices()
+    w.pred.value, w.truth.value = p, t
+    job = w.run()
+    _wait(qtbot, job)
+    assert w.scores["ap50"] == pytest.approx(1 / 3)
+    errors = viewer.layers["errors"].data
+    assert (errors[25:35, 25:35] == 2).all() and (errors[2:4, 30:34] == 1).all()
+    assert (errors[5:15, 5:15] == 0).all()
+
+
+def test_console_segment_adds_a_layer(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    image, _ = synthetic_nuclei((64, 64), seed=3)
+    layer = viewer.add_image(image, name="nuc", scale=(0.5, 0.5))
+    model = tiny_unet(2)
+    out = nu.segment(viewer.layers["nuc"], model=model, viewer=viewer, mode="semantic",
+                     device="cpu")
+    assert out.shape == (64, 64)
+    added = viewer.layers["nuc semantic"]
+    assert tuple(added.scale) == tuple(layer.scale)
+
+
+def test_gui_stays_responsive_while_working(make_napari_viewer, qtbot, tmp_path, model3d):
+    """A QTimer keeps ticking on time while a volume is segmented and while training runs."""
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    image, labels = synthetic_nuclei((32, 128, 128), seed=4)
+    layer = viewer.add_image(image, name="vol")
+    delays: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        delays.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(20)
+
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg)
+    seg.reset_choices()
+    seg.image.value = layer
+    seg.model.value = model3d[0]
+    seg.tile.value = "16,64,64"
+    seg.store.value = "zarr file"
+    seg.store_path.value = str(tmp_path / "big.zarr")
+    last[0] = time.perf_counter()
+    _wait(qtbot, seg.run())
+
+    lab = viewer.add_labels((labels > 0).astype(np.uint8), name="vol labels")
+    tr = TrainWidget(viewer)
+    viewer.window.add_dock_widget(tr)
+    tr.reset_choices()
+    tr.image.value, tr.labels.value = layer, lab
+    tr.dims.value = "3D"
+    tr.label_mode.value = "classes"
+    tr.depth.value, tr.filters.value = 2, 4
+    tr.patch.value = "16,32,32"
+    tr.batch_size.value, tr.epochs.value, tr.steps.value = 2, 1, 6
+    tr.preview.value = False
+    tr.device.value = "cpu"
+    tr.run_dir.value = str(tmp_path / "run3d")
+    _wait(qtbot, tr.start())
+    timer.stop()
+    assert len(delays) > 10
+    worst = sorted(delays)[-3]  # ignore the odd hiccup of the test machine itself
+    assert worst < 0.1, f"GUI event loop stalled: tick gaps up to {worst * 1000:.0f} ms"
+    assert _workers.Job  # the one place threads start

@@ -66,8 +66,10 @@ def test_viewer_opens_with_plugin_and_samples(make_napari_viewer, tmp_path):
     layers = viewer.open(str(tmp_path / "vol.zarr"), plugin="napari-unet")
     assert layers[0].data.shape == (8, 16, 16)
     viewer.open_sample("napari-unet", "nuclei-2d")
+    viewer.open_sample("napari-unet", "dsb2018-nuclei")
     names = [layer.name for layer in viewer.layers]
     assert "nuclei 2D" in names and "nuclei 2D labels" in names
+    assert viewer.layers["DSB 2018 nuclei labels"].data.max() > 100
 
 
 def test_napari_with_the_plugin_does_not_import_torch(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..data.synthetic import synthetic_nuclei
@@ -21,4 +22,19 @@ def nuclei_3d() -> list[tuple[Any, dict[str, Any], str]]:
     return [
         (image, {"name": "nuclei 3D"}, "image"),
         (labels, {"name": "nuclei 3D labels"}, "labels"),
+    ]
+
+
+def dsb2018_nuclei() -> list[tuple[Any, dict[str, Any], str]]:
+    """A real CC0 image: a DSB 2018 (BBBC038) fluorescent nuclei crop with its labels."""
+    import tifffile
+
+    folder = Path(__file__).resolve().parents[1] / "data" / "samples"
+    image = tifffile.imread(folder / "dsb2018_nuclei.tif")
+    labels = tifffile.imread(folder / "dsb2018_nuclei_labels.tif")
+    credit = "DSB 2018 / BBBC038 (Caicedo et al. 2019), CC0"
+    return [
+        (image, {"name": "DSB 2018 nuclei", "metadata": {"source": credit}}, "image"),
+        (labels, {"name": "DSB 2018 nuclei labels", "metadata": {"source": credit}},
+         "labels"),
     ]

@@ -17,6 +17,7 @@ def predict_iter(
     output: Any = None,
     config: PredictConfig | None = None,
     cancel: Callable[[], bool] | None = None,
+    client: Any = None,
     **options: Any,
 ) -> Generator[Any, None, Any]:
     """Generator form of :func:`predict`: yields progress events, returns the result.
@@ -25,7 +26,7 @@ def predict_iter(
     """
     from .inference.engine import predict_iter as _predict_iter
 
-    return (yield from _predict_iter(model, image, output, config, cancel, **options))
+    return (yield from _predict_iter(model, image, output, config, cancel, client, **options))
 
 
 def predict(
@@ -36,6 +37,7 @@ def predict(
     *,
     progress: Callable[[Any], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    client: Any = None,
     **options: Any,
 ) -> Any:
     """Segment ``image`` with ``model``, tile by tile and block by block.
@@ -59,6 +61,9 @@ def predict(
         Called with every progress event.
     cancel : callable, optional
         Polled between blocks; return True to stop (finished blocks are kept).
+    client : dask.distributed.Client, optional
+        Run the blocks on a dask cluster (``LocalCluster``, a remote scheduler, SLURM via
+        dask-jobqueue ...).  Same result as a local run; workers read and write the stores.
 
     Returns
     -------
@@ -71,7 +76,7 @@ def predict(
     >>> labels = nu.predict(model, "stack.zarr", "labels.zarr",
     ...                     mode="instances")                        # doctest: +SKIP
     """
-    return drain(predict_iter(model, image, output, config, cancel, **options), progress)
+    return drain(predict_iter(model, image, output, config, cancel, client, **options), progress)
 
 
 def train_iter(

@@ -83,10 +83,27 @@ def _predict(args: argparse.Namespace) -> int:
     config = config.replace(**changes)
     model = args.model or _default_model()
     bar = _Bar(args.quiet)
+    client = cluster = None
+    if args.scheduler or args.workers:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as err:
+            raise SystemExit("cluster runs need dask.distributed: pip install "
+                             "'napari-unet[distributed]'") from err
+        if args.scheduler:
+            client = Client(args.scheduler)
+        else:
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
+                                   processes=True, dashboard_address=None)
+            client = Client(cluster)
     try:
-        result = predict(model, args.input, args.output, config, progress=bar)
+        result = predict(model, args.input, args.output, config, progress=bar, client=client)
     finally:
         bar.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     print(f"wrote {args.output} ({result.shape}, {result.dtype})")
     return 0
 
@@ -277,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axes", help="input axes, e.g. ZYX, CZYX, TZYX, YXC")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output that holds another job")
+    p.add_argument("--scheduler", help="run on this dask.distributed scheduler (tcp://host:port)")
+    p.add_argument("--workers", type=int, help="start a local cluster of N worker processes")
+    p.add_argument("--threads", type=int, default=1, help="threads per local worker")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("train", help="train a U-Net on images and labels")

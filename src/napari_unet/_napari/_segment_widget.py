@@ -46,6 +46,20 @@ def _parse_ints(text: str) -> tuple[int, ...] | None:
     return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
 
 
+def _on_cluster(address, model_path, source, output, config, job):
+    """Connect to the scheduler in the worker thread; same events as a local run."""
+    from distributed import Client
+
+    from ..api import predict_iter
+
+    client = Client(address, timeout="20s")
+    try:
+        return (yield from predict_iter(str(model_path), source, output, config,
+                                        cancel=job.is_cancelled, client=client))
+    finally:
+        client.close()
+
+
 class SegmentWidget(Container):
     """Dock widget: pick a model and an image layer, segment it (out of core when large)."""
 
@@ -74,6 +88,11 @@ class SegmentWidget(Container):
                                       "the temporary folder (resumable)")
         self.store_path = FileEdit(label="zarr store", mode="w", filter="*.zarr", visible=False)
         self.overwrite = CheckBox(label="overwrite a different result", value=False)
+        self.scheduler = LineEdit(label="run on cluster", value="",
+                                  tooltip="dask.distributed scheduler address, e.g. "
+                                          "tcp://10.0.0.5:8786 (empty: this machine); the "
+                                          "image and the zarr store must be reachable by "
+                                          "every worker")
         self.view_only = CheckBox(label="current view only", value=False,
                                   tooltip="segment just what is on screen, for a quick look")
         self.run_button = PushButton(text="Segment")
@@ -83,7 +102,7 @@ class SegmentWidget(Container):
         self.extend([
             self.image, self.model, self.model_file, self.mode, self.tile, self.overlap,
             self.batch_size, self.device, self.precision, self.per_slice, self.store,
-            self.store_path, self.overwrite, self.view_only, self.run_button,
+            self.store_path, self.overwrite, self.scheduler, self.view_only, self.run_button,
             self.cancel_button, self.progress, self.status,
         ])
         self.model.changed.connect(self._on_model_choice)
@@ -195,8 +214,19 @@ class SegmentWidget(Container):
                                                    region, strict=False))
         state: dict[str, Any] = {"layer": None, "last_refresh": 0.0, "sd": spatial_dims}
 
+        address = self.scheduler.value.strip() if region is None else ""
+        if address and output is None:
+            raise ValueError("a cluster run writes to a zarr store: choose 'zarr file' or "
+                             "'auto' for a large image")
+        source = data
+        if address and getattr(layer, "source", None) is not None and layer.source.path:
+            source = layer.source.path  # workers open the file themselves
+
         def make(job):
-            return predict_iter(str(model_path), data, output, config, cancel=job.is_cancelled)
+            if not address:
+                return predict_iter(str(model_path), data, output, config,
+                                    cancel=job.is_cancelled)
+            return _on_cluster(address, model_path, source, output, config, job)
 
         def on_event(event):
             if isinstance(event, StageStarted):

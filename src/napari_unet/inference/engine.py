@@ -253,6 +253,7 @@ def predict_iter(
     output: Any = None,
     config: PredictConfig | None = None,
     cancel: Callable[[], bool] | None = None,
+    client: Any = None,
     **overrides: Any,
 ) -> Generator[Any, None, Any]:
     """Predict ``image`` block by block, yielding progress events; returns the result.
@@ -271,6 +272,9 @@ def predict_iter(
     cancel : callable, optional
         Polled between blocks; returning True stops after the blocks in flight are written
         and raises :class:`~napari_unet.events.Cancelled`.  Running again resumes.
+    client : dask.distributed.Client, optional
+        Run the blocks as tasks on this cluster (see :mod:`.distributed`); the input must be
+        a path or zarr array and the output a store every worker reaches.
 
     Yields
     ------
@@ -323,9 +327,34 @@ def predict_iter(
         "label_mode": label_mode, "boundary_width": boundary_width,
         "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
     }
+    model_blob = None
+    if client is not None:
+        from ..model.checkpoint import model_to_bytes
+        from ..model.unet import UNet
+        from .distributed import MODEL_ARRAY, check_cluster_input
+
+        if output is None:
+            raise InputError("a cluster run writes to a store every worker reaches: give an "
+                             "output path")
+        if not isinstance(spec.module, UNet):
+            raise InputError("a cluster run needs a napari_unet UNet (it ships the model to "
+                             "the workers inside the output store)")
+        cluster_source = check_cluster_input(image)
+        model_blob = np.frombuffer(model_to_bytes(spec.module), dtype=np.uint8)
+        arrays = {**arrays, MODEL_ARRAY: dict(shape=model_blob.shape, chunks=model_blob.shape,
+                                              dtype="uint8")}
     store = OutputStore.open_or_create(
         output, job, arrays, result_name, len(units), n_frames, config.overwrite
     )
+    if client is not None:
+        yield from _predict_on_cluster(client, store, job, cluster_source, plan, norm, config,
+                                       precision, output, units, model_blob, cancel)
+        if config.mode == "instances":
+            import dask
+
+            with dask.config.set(scheduler=client):
+                yield from _label(store, frame_shape, label_mode, boundary_width, cancel)
+        return store.result
 
     runner = _BlockRunner(spec, plan, config, device, precision)
     was_training = spec.module.training
@@ -341,6 +370,18 @@ def predict_iter(
         release_memory(device)
     result = store.result
     return result[...] if output is None else result
+
+
+def _predict_on_cluster(client, store, job, source, plan, norm, config, precision, output,
+                        units, model_blob, cancel):
+    from .distributed import MODEL_ARRAY, ClusterJob, run_blocks_on_cluster
+    from .store import fingerprint
+
+    if not store.resumed:
+        store[MODEL_ARRAY][:] = model_blob
+    cluster_job = ClusterJob(fingerprint(job), source, plan, norm, config, precision,
+                             str(output), tuple(units))
+    yield from run_blocks_on_cluster(client, cluster_job, store.done_blocks(), cancel)
 
 
 def _check_not_same_path(image: Any, output: Any) -> None:
@@ -383,6 +424,42 @@ def _block_arrays(
     return name, postprocess.semantic(logits, config.threshold).cpu().numpy()
 
 
+def read_block(
+    canonical: da.Array,
+    plan: _Plan,
+    norm: Normalization,
+    unit: tuple[tuple[int, ...], tuple[slice, ...]],
+    source: str,
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Normalised input of one block: the region its tiles need, ``(C, *region)``."""
+    lead, region = unit
+    in_region = plan.grid.input_region(plan.grid.tiles_touching(region))
+    x = np.asarray(canonical[(*lead, slice(None), *in_region)].compute(scheduler="synchronous"))
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        where = ", ".join(f"{s.start}:{s.stop}" for s in in_region)
+        raise InputError(
+            f"{source}: NaN or infinite values in the region [{where}]"
+            f"{' at index ' + str(lead) if lead else ''}; replace them (e.g. "
+            "numpy.nan_to_num) and run again -- finished blocks are kept"
+        )
+    return norm.apply(x, channel_axis=0), in_region
+
+
+def write_block(
+    store: OutputStore,
+    unit: tuple[tuple[int, ...], tuple[slice, ...]],
+    name: str,
+    data: np.ndarray,
+    mode: str,
+) -> None:
+    """Write one block's result into its (chunk-aligned) region of the store."""
+    lead, region = unit
+    channel_out = mode in ("probabilities", "logits")
+    index = (*lead, slice(None), *region) if channel_out else (*lead, *region)
+    target = store[name]
+    target[index] = data.astype(target.dtype, copy=False)
+
+
 def _run_blocks(
     store: OutputStore,
     plan: _Plan,
@@ -405,27 +482,11 @@ def _run_blocks(
             yield BlockDone(i, units[i][1], int(done_flags[: i + 1].sum()), total, skipped=True)
     if not todo:
         return
-    channel_out = config.mode in ("probabilities", "logits")
-
     def read(i: int) -> tuple[np.ndarray, tuple[slice, ...]]:
-        lead, region = units[i]
-        in_region = plan.grid.input_region(plan.grid.tiles_touching(region))
-        x = np.asarray(canonical[(*lead, slice(None), *in_region)].compute(
-            scheduler="synchronous"))
-        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-            where = ", ".join(f"{s.start}:{s.stop}" for s in in_region)
-            raise InputError(
-                f"{source}: NaN or infinite values in the region [{where}]"
-                f"{' at index ' + str(lead) if lead else ''}; replace them (e.g. "
-                "numpy.nan_to_num) and run again -- finished blocks are kept"
-            )
-        return norm.apply(x, channel_axis=0), in_region
+        return read_block(canonical, plan, norm, units[i], source)
 
     def write(i: int, name: str, data: np.ndarray) -> None:
-        lead, region = units[i]
-        index = (*lead, slice(None), *region) if channel_out else (*lead, *region)
-        target = store[name]
-        target[index] = data.astype(target.dtype, copy=False)
+        write_block(store, units[i], name, data, config.mode)
         store.mark_block(i)
 
     reader = cf.ThreadPoolExecutor(max_workers=max(1, config.prefetch),

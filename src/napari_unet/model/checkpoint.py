@@ -20,7 +20,10 @@ from .. import __version__
 from ..config import ConfigError, ModelConfig
 from .unet import UNet
 
-__all__ = ["CheckpointError", "save_model", "load_model", "read_metadata", "FORMAT_VERSION"]
+__all__ = [
+    "CheckpointError", "save_model", "load_model", "read_metadata", "model_to_bytes",
+    "model_from_bytes", "FORMAT_VERSION",
+]
 
 FORMAT_VERSION = 1
 _HEADER_KEY = "napari_unet"
@@ -66,14 +69,30 @@ def save_model(
     Path
         The written path.
     """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"cannot save the model to {str(path)!r}: it is a folder")
+    blob = model_to_bytes(model, dtype, **metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def model_to_bytes(model: UNet, dtype: str = "float32", **metadata: Any) -> bytes:
+    """The bytes :func:`save_model` writes (used to ship a model inside an output store)."""
     from safetensors.torch import save as st_save
 
     if not isinstance(model, UNet):
         raise TypeError(f"save_model expects a napari_unet UNet, got {type(model).__name__}")
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"cannot save the model to {str(path)!r}: it is a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**getattr(model, "metadata", {}), **metadata}
     meta.setdefault("spatial_dims", model.config.spatial_dims)
     meta["napari_unet_version"] = __version__
@@ -94,20 +113,21 @@ def save_model(
         .contiguous()
         for k, v in model.state_dict().items()
     }
-    blob = st_save(tensors, metadata={_HEADER_KEY: header_text})
+    return st_save(tensors, metadata={_HEADER_KEY: header_text})
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+def model_from_bytes(blob: bytes, name: str = "model bytes") -> UNet:
+    """Inverse of :func:`model_to_bytes` (safetensors: no code is executed)."""
+    from safetensors.torch import load as st_load
+
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
+        n = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + n]).get("__metadata__", {}).get(_HEADER_KEY)
+        header = json.loads(header)
+        tensors = st_load(bytes(blob))
+    except Exception as err:
+        raise CheckpointError(f"{name}: not a readable napari-unet model: {err}") from err
+    return _build(header, tensors, name)
 
 def _read_header(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
@@ -164,20 +184,27 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
     path = Path(path)
     header = _read_header(path)
     try:
-        config = ModelConfig.from_dict(header["model"])
-    except (ConfigError, TypeError, KeyError) as err:
-        raise CheckpointError(f"{str(path)!r}: invalid architecture in header: {err}") from err
-    try:
         tensors = load_file(str(path), device="cpu")
     except Exception as err:
         raise CheckpointError(f"{str(path)!r}: corrupt weights: {err}") from err
+    model = _build(header, tensors, repr(str(path)))
+    model.source_path = str(path)
+    return model.to(device).eval()
+
+
+def _build(header: dict[str, Any], tensors: dict[str, torch.Tensor], name: str) -> UNet:
+    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{name}: not a napari-unet model of format {FORMAT_VERSION}")
+    try:
+        config = ModelConfig.from_dict(header["model"])
+    except (ConfigError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{name}: invalid architecture in header: {err}") from err
     model = UNet(config)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise CheckpointError(
-            f"{str(path)!r}: weights do not match the stored architecture: {err}"
+            f"{name}: weights do not match the stored architecture: {err}"
         ) from err
     model.metadata = dict(header.get("metadata", {}))
-    model.source_path = str(path)
-    return model.to(device).eval()
+    return model.eval()

@@ -196,10 +196,10 @@ class SegmentWidget(Container):
                 output = None
             else:
                 output = self._output_path(layer, config, int(data.size), model_path)
+            return self._start(layer, data, model_path, config, output, region, spatial_dims)
         except Exception as err:  # noqa: BLE001 - any refusal becomes a notification
             show_error(f"napari-unet: {err}")
             return None
-        return self._start(layer, data, model_path, config, output, region, spatial_dims)
 
     def _start(self, layer, data, model_path, config, output, region, spatial_dims):
         from ..api import predict_iter

@@ -1,0 +1,123 @@
+"""Training steps/s of napari-unet's loop (lazy patches from zarr + augmentation) vs a bare
+torch loop on in-memory tensors, same model, batch and precision; plus the data pipeline alone.
+
+    .venv/bin/python benchmarks/training_throughput.py [--dims 2 3] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SETUPS = {
+    2: dict(shape=(1024, 1024), patch=(128, 128), batch=16, model=dict(depth=4, base_filters=16)),
+    3: dict(shape=(64, 256, 256), patch=(32, 64, 64), batch=2, model=dict(depth=3, base_filters=16)),
+}
+
+
+def bare_loop(dims, setup, steps, precision):
+    import torch
+
+    import napari_unet as nu
+    from napari_unet.inference.device import autocast, memory_format
+
+    torch.manual_seed(0)
+    model = nu.UNet(spatial_dims=dims, out_channels=3, **setup["model"])
+    fmt = memory_format(dims)
+    model = model.to(memory_format=fmt).train()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.randn(setup["batch"], 1, *setup["patch"]).contiguous(memory_format=fmt)
+    t = torch.randint(0, 3, (setup["batch"], *setup["patch"]))
+    device = torch.device("cpu")
+    times = []
+    for _ in range(steps + 3):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        with autocast(device, precision):
+            y = model(x)
+        loss = torch.nn.functional.cross_entropy(y.float(), t)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return 1.0 / float(np.median(times[3:]))
+
+
+def our_loop(dims, setup, steps, precision, work):
+    import zarr
+
+    import napari_unet as nu
+    from napari_unet.data.synthetic import synthetic_nuclei
+    from napari_unet.events import Progress
+
+    image, labels = synthetic_nuclei(setup["shape"], seed=0,
+                                     radius=(5, 10) if dims == 2 else (4, 8))
+    zi = zarr.create_array(str(work / f"img{dims}.zarr"), shape=image.shape,
+                           chunks=(64,) * dims, dtype=image.dtype)
+    zi[:] = image
+    zl = zarr.create_array(str(work / f"lab{dims}.zarr"), shape=labels.shape,
+                           chunks=(64,) * dims, dtype="uint32")
+    zl[:] = labels
+    cfg = nu.TrainConfig(
+        model=nu.ModelConfig(spatial_dims=dims, **setup["model"]), patch_size=setup["patch"],
+        batch_size=setup["batch"], epochs=1, steps_per_epoch=steps + 3, val_patches=2,
+        precision=precision, device="cpu")
+    stamps = []
+    nu.train([(zi, zl)], cfg, [(zi, zl)], run_dir=work / f"run{dims}",
+             progress=lambda e: stamps.append(time.perf_counter())
+             if isinstance(e, Progress) else None)
+    gaps = np.diff(stamps)[2:]
+    return 1.0 / float(np.median(gaps))
+
+
+def pipeline(dims, setup, work):
+    import zarr
+
+    from napari_unet.training.augment import Augmenter
+    from napari_unet.training.data import PatchSampler, prepare_pairs
+
+    zi = zarr.open_array(str(work / f"img{dims}.zarr"), mode="r")
+    zl = zarr.open_array(str(work / f"lab{dims}.zarr"), mode="r")
+    pairs, _ = prepare_pairs([(zi, zl)], dims, "instances", setup["patch"], (1, 99.8))
+    sampler = PatchSampler(pairs, setup["patch"], "instances", 2, 0.33, Augmenter(dims))
+    n = 4 * setup["batch"]
+    t0 = time.perf_counter()
+    for k in range(4):
+        sampler.batch(setup["batch"], (0, 0, k))
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    args = parser.parse_args()
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="nu-train-bench-"))
+    rows = []
+    for dims in args.dims:
+        setup = SETUPS[dims]
+        bare = bare_loop(dims, setup, args.steps, args.precision)
+        ours = our_loop(dims, setup, args.steps, args.precision, work)
+        pps = pipeline(dims, setup, work)
+        rows.append({"dims": dims, "bare_steps_per_s": bare, "ours_steps_per_s": ours,
+                     "ratio": ours / bare, "pipeline_patches_per_s_1_thread": pps,
+                     "model_patches_per_s": bare * setup["batch"]})
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}")
+    print(f"{'dims':>4} {'bare steps/s':>13} {'ours steps/s':>13} {'ratio':>6} "
+          f"{'pipeline patch/s':>17} {'model patch/s':>14}")
+    for r in rows:
+        print(f"{r['dims']:>4} {r['bare_steps_per_s']:>13.3f} {r['ours_steps_per_s']:>13.3f} "
+              f"{r['ratio']:>6.2f} {r['pipeline_patches_per_s_1_thread']:>17.1f} "
+              f"{r['model_patches_per_s']:>14.1f}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 SETUPS = {
-    2: dict(shape=(1024, 1024), patch=(128, 128), batch=16, model=dict(depth=4, base_filters=16)),
-    3: dict(shape=(64, 256, 256), patch=(32, 64, 64), batch=2, model=dict(depth=3, base_filters=16)),
+    2: dict(shape=(1024, 1024), patch=(128, 128), batch=16,
+            model=dict(depth=4, base_filters=16)),
+    3: dict(shape=(64, 256, 256), patch=(32, 64, 64), batch=2,
+            model=dict(depth=3, base_filters=16)),
 }
 
 

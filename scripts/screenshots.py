@@ -1,6 +1,6 @@
 """Take the documentation screenshots: each widget at work on the bundled sample data.
 
-    xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python scripts/screenshots.py [--out docs/images]
+    xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python scripts/screenshots.py
 
 Uses the built-in nuclei model for segmentation and trains a small model for the train widget.
 """

@@ -232,7 +232,8 @@ class PredictConfig(_Config):
     device : str
         "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "mps".
     precision : {"auto", "fp32", "bf16", "fp16"}
-        "auto" uses bf16 (or fp16) autocast on a GPU and fp32 on the CPU.
+        "auto" uses bf16 (or fp16) autocast on a GPU, and on a CPU with native bf16
+        (AVX512-BF16 / AMX); fp32 elsewhere.
     probability_dtype : {"float16", "float32"}
         Storage type of probabilities.
     threshold : float

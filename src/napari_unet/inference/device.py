@@ -43,15 +43,25 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_fast_bf16() -> bool:
+    """The CPU computes bf16 natively (AVX512-BF16 / AMX): autocast is ~2x faster there and
+    far slower where it is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def select_precision(precision: str, device: torch.device) -> str:
-    """Resolve ``"auto"``: bf16 (or fp16 where bf16 is missing) on a GPU, fp32 on the CPU."""
+    """Resolve ``"auto"``: bf16 (or fp16 where bf16 is missing) on a GPU; on the CPU bf16
+    where the processor computes it natively, else fp32."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "mps":
         return "fp16"
-    return "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -78,7 +78,7 @@ def _predict(args: argparse.Namespace) -> int:
         "mode": args.mode, "tile": args.tile, "overlap": args.overlap,
         "blending": args.blending, "batch_size": args.batch_size, "block_shape": args.block,
         "chunk_shape": args.chunk, "device": args.device, "precision": args.precision,
-        "axes": args.axes, "overwrite": args.overwrite or None,
+        "axes": args.axes, "overwrite": args.overwrite or None, "tta": args.tta or None,
     }.items() if v is not None}
     config = config.replace(**changes)
     model = args.model or _default_model()
@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axes", help="input axes, e.g. ZYX, CZYX, TZYX, YXC")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output that holds another job")
+    p.add_argument("--tta", action="store_true", help="average over mirrored inputs (4x slower)")
     p.add_argument("--scheduler", help="run on this dask.distributed scheduler (tcp://host:port)")
     p.add_argument("--workers", type=int, help="start a local cluster of N worker processes")
     p.add_argument("--threads", type=int, default=1, help="threads per local worker")

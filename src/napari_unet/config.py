@@ -246,6 +246,9 @@ class PredictConfig(_Config):
         Default: the model's training normalisation, else (1, 99.8).
     prefetch : int
         Blocks read ahead of the one being computed (and writes allowed to lag behind).
+    tta : bool
+        Test-time augmentation: average the logits over mirror images along the YX axes
+        (4x the compute; usually a little more accurate).
     overwrite : bool
         Replace an existing output that belongs to another job.
     """
@@ -265,6 +268,7 @@ class PredictConfig(_Config):
     axes: str | None = None
     normalize: tuple[float, float] | None = None
     prefetch: int = 2
+    tta: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:

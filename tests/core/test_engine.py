@@ -172,3 +172,19 @@ def test_binary_model_threshold_and_probabilities(rng):
     sem = nu.predict(model, x, mode="semantic", normalize=(0, 100), threshold=0.6,
                      tile=(8, 8), device="cpu")
     np.testing.assert_array_equal(sem, (probs[0] > 0.6).astype(np.uint8))
+
+
+def test_tta_averages_mirror_images(rng):
+    x = rng.random((40, 50)).astype(np.float32)
+    ident = nu.predict(Identity(2), x, mode="logits", tile=(16, 16), tta=True, device="cpu")
+    np.testing.assert_allclose(ident[0], _normalised(x), atol=2e-6)
+
+    class Asymmetric(Identity):
+        def forward(self, x):  # x plus its shift to the right: not mirror-symmetric
+            return x + torch.roll(x, 1, dims=-1)
+
+    import torch
+
+    plain = nu.predict(Asymmetric(2), x, mode="logits", tile=(16, 16), device="cpu")
+    tta = nu.predict(Asymmetric(2), x, mode="logits", tile=(16, 16), tta=True, device="cpu")
+    assert not np.allclose(plain, tta)  # the mirrored passes really ran

@@ -195,6 +195,22 @@ class _BlockRunner:
         self.pin = device.type == "cuda"
         self.fmt = memory_format(spec.spatial_dims)
 
+    def _forward(self, xb: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch; with ``tta`` the mean over mirror images along Y and X."""
+        flips: list[tuple[int, ...]] = [()]
+        if self.config.tta:
+            y, x = xb.ndim - 2, xb.ndim - 1
+            flips += [(x,), (y,), (y, x)]
+        out = None
+        for dims in flips:
+            inp = torch.flip(xb, dims) if dims else xb
+            with autocast(self.device, self.precision):
+                yb = self.spec.module(inp)
+            yb = yb.float()
+            yb = torch.flip(yb, dims) if dims else yb
+            out = yb if out is None else out + yb
+        return out / len(flips)
+
     def _tile_input(
         self, x: np.ndarray, in_region: tuple[slice, ...], origin: tuple[int, ...]
     ) -> np.ndarray:
@@ -227,9 +243,7 @@ class _BlockRunner:
             if self.pin:
                 xb = xb.pin_memory()
             xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
-            with autocast(self.device, self.precision):
-                yb = self.spec.module(xb)
-            yb = yb.float()
+            yb = self._forward(xb)
             if yb.shape[1] != self.spec.out_channels or yb.shape[2:] != xb.shape[2:]:
                 raise RuntimeError(
                     f"the model returned shape {tuple(yb.shape)} for input {tuple(xb.shape)}; "
@@ -324,6 +338,7 @@ def predict_iter(
         "sigma_scale": config.sigma_scale, "mode": config.mode,
         "threshold": config.threshold, "probability_dtype": config.probability_dtype,
         "block": list(block), "chunk": list(chunk), "precision": precision,
+        "tta": config.tta,
         "label_mode": label_mode, "boundary_width": boundary_width,
         "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+import torch
 import zarr
 
 import napari_unet as nu
@@ -182,8 +183,6 @@ def test_tta_averages_mirror_images(rng):
     class Asymmetric(Identity):
         def forward(self, x):  # x plus its shift to the right: not mirror-symmetric
             return x + torch.roll(x, 1, dims=-1)
-
-    import torch
 
     plain = nu.predict(Asymmetric(2), x, mode="logits", tile=(16, 16), device="cpu")
     tta = nu.predict(Asymmetric(2), x, mode="logits", tile=(16, 16), tta=True, device="cpu")

@@ -246,6 +246,9 @@ class PredictConfig(_Config):
         Default: the model's training normalisation, else (1, 99.8).
     prefetch : int
         Blocks read ahead of the one being computed (and writes allowed to lag behind).
+    min_size : int
+        Instance mode: seeds (object cores) smaller than this many voxels are dropped --
+        fragments, not objects.
     tta : bool
         Test-time augmentation: average the logits over mirror images along the YX axes
         (4x the compute; usually a little more accurate).
@@ -268,6 +271,7 @@ class PredictConfig(_Config):
     axes: str | None = None
     normalize: tuple[float, float] | None = None
     prefetch: int = 2
+    min_size: int = 10
     tta: bool = False
     overwrite: bool = False
 
@@ -306,6 +310,8 @@ class PredictConfig(_Config):
             object.__setattr__(self, "overlap", ov)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not isinstance(self.min_size, int) or self.min_size < 0:
+            raise ConfigError(f"min_size must be an integer >= 0, got {self.min_size!r}")
         if not isinstance(self.prefetch, int) or self.prefetch < 0:
             raise ConfigError(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
         if not 0.0 < float(self.sigma_scale) <= 1.0:
@@ -389,6 +395,9 @@ class TrainConfig(_Config):
         Percentiles of the per-image intensity normalisation (stored in the model).
     seed : int
         Seeds sampling, augmentation and initialisation (deterministic on the CPU).
+    init_model : str, optional
+        Start from the weights of this model file (fine-tuning, e.g. the built-in model on
+        your own images); its architecture replaces ``model``.
     device, precision : str
         As in :class:`PredictConfig`; AMP is used on a GPU.
     """
@@ -414,10 +423,13 @@ class TrainConfig(_Config):
     boundary_width: int = 2
     normalize: tuple[float, float] = (1.0, 99.8)
     seed: int = 0
+    init_model: str | None = None
     device: str = "auto"
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.init_model is not None:
+            object.__setattr__(self, "init_model", str(self.init_model))
         if isinstance(self.model, Mapping):
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         if not isinstance(self.model, ModelConfig):

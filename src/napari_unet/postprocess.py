@@ -2,7 +2,8 @@
 
 Instance labels come from dask-image's ``ndmeasure.label``, which resolves components that
 cross chunk borders through a global relabelling pass, so the result is correct on volumes
-larger than memory.
+larger than memory.  Labelling runs in two passes through the output store: seed components,
+then size filtering (a per-id voxel count) and regrowth through the boundary class.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ __all__ = [
     "probabilities",
     "semantic",
     "semantic_dtype",
-    "label_instances",
+    "seed_labels",
+    "object_sizes",
+    "grow_instances",
     "BOUNDARY_MODE",
 ]
 
@@ -51,44 +54,57 @@ def _torch_dtype(name: str):
     return {"uint8": torch.uint8, "uint16": torch.int32}[name]
 
 
-def _expand_into_mask(labels: np.ndarray, mask: np.ndarray, distance: int) -> np.ndarray:
+def _grow(seeds: np.ndarray, classes: np.ndarray, keep: np.ndarray, distance: int,
+          grow: bool) -> np.ndarray:
+    """Drop seeds too small to be objects, then (boundary models) regrow the rest."""
     from skimage.segmentation import expand_labels
 
-    grown = expand_labels(labels, distance=distance)
-    return np.where(mask, grown, 0).astype(labels.dtype)
+    seeds = np.where(keep[seeds], seeds, 0).astype(np.uint32)
+    if not grow:
+        return seeds
+    grown = expand_labels(seeds, distance=distance)
+    return np.where(classes > 0, grown, 0).astype(np.uint32)
 
 
-def label_instances(
-    classes: da.Array, label_mode: str | None = None, expand: int = 2
-) -> da.Array:
-    """Instance labels of one frame (2D or 3D) of a class map.
+def seed_labels(classes: da.Array, label_mode: str | None = None) -> da.Array:
+    """Pass 1 of instance labelling: connected components of the seeds of one frame.
 
-    Parameters
-    ----------
-    classes : dask.array.Array
-        Class index per voxel (0 = background).
-    label_mode : str, optional
-        ``"instances"`` for a background / interior / boundary model: interiors are the
-        seeds, then grown by ``expand`` voxels into the boundary class so touching objects
-        stay apart.  Anything else: connected components of all foreground classes.
-    expand : int
-        Growth of interior seeds into the boundary class, in voxels.
-
-    Returns
-    -------
-    dask.array.Array
-        uint32 labels, 0 = background, ids unique across the whole frame.
+    Seeds are the interior class of a background / interior / boundary model
+    (``label_mode="instances"``), else all foreground.  dask-image relabels components across
+    chunk borders, so ids are unique over the whole frame, however large.
     """
     from dask_image.ndmeasure import label
 
-    if label_mode == BOUNDARY_MODE:
-        seeds = classes == 1
-        labels, _ = label(seeds)
-        labels = labels.astype(np.uint32)
-        mask = classes > 0
-        return da.map_overlap(
-            _expand_into_mask, labels, mask, depth=expand, boundary="none",
-            dtype=np.uint32, distance=expand,
-        )
-    labels, _ = label(classes > 0)
+    seeds = classes == 1 if label_mode == BOUNDARY_MODE else classes > 0
+    labels, _ = label(seeds)
     return labels.astype(np.uint32)
+
+
+def object_sizes(seeds: da.Array) -> np.ndarray:
+    """Voxels per id, summed chunk by chunk in a tree (memory: ids x log(chunks))."""
+    import dask
+
+    n = int(seeds.max().compute()) + 1
+    parts = [dask.delayed(np.bincount)(b.ravel(), minlength=n)
+             for b in seeds.to_delayed().ravel()]
+    while len(parts) > 1:
+        parts = [dask.delayed(np.add)(a, b) for a, b in zip(parts[::2], parts[1::2],
+                                                            strict=False)] + (
+            [parts[-1]] if len(parts) % 2 else [])
+    return np.asarray(parts[0].compute()) if parts else np.zeros(1, np.int64)
+
+
+def grow_instances(
+    seeds: da.Array, classes: da.Array, label_mode: str | None = None, expand: int = 2,
+    min_size: int = 0,
+) -> da.Array:
+    """Pass 2: remove seeds smaller than ``min_size`` voxels and grow the others ``expand``
+    voxels into the boundary class (boundary models), staying inside the foreground."""
+    sizes = object_sizes(seeds)
+    keep = sizes >= max(1, int(min_size))
+    keep[0] = False
+    grow = label_mode == BOUNDARY_MODE
+    return da.map_overlap(
+        _grow, seeds, classes, depth=expand if grow else 0, boundary="none",
+        dtype=np.uint32, keep=keep, distance=expand, grow=grow,
+    )

@@ -187,3 +187,15 @@ def test_tta_averages_mirror_images(rng):
     plain = nu.predict(Asymmetric(2), x, mode="logits", tile=(16, 16), device="cpu")
     tta = nu.predict(Asymmetric(2), x, mode="logits", tile=(16, 16), tta=True, device="cpu")
     assert not np.allclose(plain, tta)  # the mirrored passes really ran
+
+
+def test_small_fragments_are_dropped_from_instances(tmp_path):
+    x = np.zeros((40, 40), np.float32)
+    x[5:20, 5:20] = 1.0  # an object
+    x[30:32, 30:32] = 1.0  # a 4-pixel fragment
+    common = dict(mode="instances", normalize=(0, 100), tile=(16, 16), block_shape=(16, 16),
+                  device="cpu")
+    kept = nu.predict(Times(2, 1.0), x, tmp_path / "a.zarr", min_size=1, **common)[:]
+    dropped = nu.predict(Times(2, 1.0), x, tmp_path / "b.zarr", min_size=10, **common)[:]
+    assert len(np.unique(kept)) == 3 and len(np.unique(dropped)) == 2
+    assert dropped[30, 30] == 0 and dropped[10, 10] > 0

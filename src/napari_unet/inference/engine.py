@@ -340,6 +340,7 @@ def predict_iter(
         "block": list(block), "chunk": list(chunk), "precision": precision,
         "tta": config.tta,
         "label_mode": label_mode, "boundary_width": boundary_width,
+        "min_size": config.min_size if config.mode == "instances" else None,
         "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
     }
     model_blob = None
@@ -368,7 +369,8 @@ def predict_iter(
             import dask
 
             with dask.config.set(scheduler=client):
-                yield from _label(store, frame_shape, label_mode, boundary_width, cancel)
+                yield from _label(store, frame_shape, label_mode, boundary_width,
+                                  config.min_size, cancel)
         return store.result
 
     runner = _BlockRunner(spec, plan, config, device, precision)
@@ -379,7 +381,8 @@ def predict_iter(
         yield from _run_blocks(store, plan, units, canonical, norm, runner, config, cancel,
                                source)
         if config.mode == "instances":
-            yield from _label(store, frame_shape, label_mode, boundary_width, cancel)
+            yield from _label(store, frame_shape, label_mode, boundary_width,
+                              config.min_size, cancel)
     finally:
         spec.module.train(was_training)
         release_memory(device)
@@ -424,7 +427,7 @@ def _array_specs(
     if config.mode == "semantic":
         return {"labels": classes}, "labels"
     labels = dict(shape=classes["shape"], chunks=classes["chunks"], dtype="uint32")
-    return {"semantic": classes, "labels": labels}, "labels"
+    return {"semantic": classes, "seeds": labels, "labels": dict(labels)}, "labels"
 
 
 def _block_arrays(
@@ -566,22 +569,30 @@ def _label(
     frame_shape: tuple[int, ...],
     label_mode: str | None,
     boundary_width: int,
+    min_size: int,
     cancel: Callable[[], bool] | None,
 ) -> Generator[Any, None, None]:
     frames = list(np.ndindex(*frame_shape))
     # Seeds (interiors) regrow through the boundary class; the class mask bounds the growth.
     expand = int(boundary_width) + 1
     done = store.done_frames()
-    yield StageStarted("label", total=len(frames), message="connected components")
+    yield StageStarted("label", total=2 * len(frames), message="connected components")
     classes = da.from_zarr(store["semantic"])
+
+    def put(arr: da.Array, target: Any, frame: tuple[int, ...]) -> None:
+        arr = arr.reshape((1,) * len(frame) + arr.shape)
+        region = tuple(slice(f, f + 1) for f in frame) + (slice(None),) * (arr.ndim
+                                                                          - len(frame))
+        da.store(arr, target, regions=region, lock=False)
+
     for k, frame in enumerate(frames):
         if not done[k]:
             if cancel is not None and cancel():
                 raise Cancelled("labelling cancelled; running again resumes")
-            labels = postprocess.label_instances(classes[frame], label_mode, expand)
-            labels = labels.reshape((1,) * len(frame) + labels.shape)
-            region = tuple(slice(f, f + 1) for f in frame) + (slice(None),) * (labels.ndim
-                                                                              - len(frame))
-            da.store(labels, store.result, regions=region, lock=False)
+            put(postprocess.seed_labels(classes[frame], label_mode), store["seeds"], frame)
+            yield Progress("label", 2 * k + 1, 2 * len(frames), "seeds")
+            seeds = da.from_zarr(store["seeds"])[frame]
+            put(postprocess.grow_instances(seeds, classes[frame], label_mode, expand, min_size),
+                store.result, frame)
             store.mark_frame(k)
-        yield Progress("label", k + 1, len(frames))
+        yield Progress("label", 2 * k + 2, 2 * len(frames))

@@ -182,11 +182,23 @@ def train_iter(
     binary = n_classes == 2
     model_cfg = config.model.replace(in_channels=int(train_pairs[0].image.shape[0]),
                                      out_channels=1 if binary else n_classes)
+    init = None
+    if config.init_model is not None:
+        init = load_model(config.init_model)
+        if (init.config.in_channels, init.config.out_channels) != (
+                model_cfg.in_channels, model_cfg.out_channels):
+            raise InputError(
+                f"init_model {config.init_model!r} takes {init.config.in_channels} channel(s) "
+                f"and predicts {init.config.out_channels}; these data need "
+                f"{model_cfg.in_channels} and {model_cfg.out_channels}")
+        model_cfg = init.config
     device = select_device(config.device)
     precision = select_precision(config.precision, device)
 
     torch.manual_seed(config.seed)
     model = UNet(model_cfg)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     augmenter = Augmenter(sd, anisotropic=config.anisotropic) if config.augment else None
     sampler = PatchSampler(train_pairs, patch, config.label_mode, config.boundary_width,
                            config.foreground_fraction, augmenter)

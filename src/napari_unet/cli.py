@@ -256,7 +256,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     bar = _Bar(args.quiet)
     try:
-        summary = run_demo(args.out, quick=args.quick, progress=bar)
+        summary = run_demo(args.out, quick=args.quick, train=args.train, progress=bar)
     finally:
         bar.close()
     print(summary.report())
@@ -271,10 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train on built-in synthetic data, segment a larger "
-                                    "volume out of core, report Dice")
+    p = sub.add_parser("demo", help="segment a large built-in synthetic image out of core "
+                                    "with the built-in model and report Dice")
     p.add_argument("--out", default="napari-unet-demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    p.add_argument("--train", action="store_true",
+                   help="train a small 3D model on synthetic data first instead of using the "
+                        "built-in model")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("predict", help="segment an image (zarr / OME-Zarr / TIFF) into zarr")

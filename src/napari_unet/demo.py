@@ -1,9 +1,10 @@
-"""The built-in main job: train on synthetic data, segment a larger volume out of core, score it.
+"""The built-in main job: segment a large synthetic image out of core and score it.
 
-Needs no data of the user's.  It trains a small 3D U-Net on synthetic nuclei volumes, writes a
-larger synthetic volume to zarr, segments it block by block into a zarr store (instance
+Needs no data of the user's.  With the built-in nuclei model (the default) it writes a large
+synthetic 2D nuclei image to zarr, segments it block by block into a zarr store (instance
 labels), and reports Dice and average precision against the synthetic truth, with a PNG
-preview of a slice.
+preview.  With ``train=True`` (or when no built-in model is installed) it first trains a
+small 3D U-Net on synthetic volumes and segments a larger synthetic volume instead.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ class DemoSummary:
     out_dir: Path
     volume_shape: tuple[int, ...]
     n_blocks: int
-    train_seconds: float
+    train_seconds: float | None
     predict_seconds: float
-    val_dice: float
+    val_dice: float | None
     dice: float
     ap50: float
     n_true: int
@@ -37,11 +38,15 @@ class DemoSummary:
     model: Path
 
     def report(self) -> str:
+        if self.train_seconds is None:
+            how = "built-in model"
+        else:
+            how = (f"trained here in {self.train_seconds:.0f} s, validation Dice "
+                   f"{self.val_dice:.3f}")
         return "\n".join([
             f"napari-unet demo: results in {self.out_dir}",
-            f"  model       {self.model} (trained {self.train_seconds:.0f} s, "
-            f"validation Dice {self.val_dice:.3f})",
-            f"  segmented   {self.volume_shape} voxels out of core in {self.n_blocks} blocks, "
+            f"  model       {self.model} ({how})",
+            f"  segmented   {self.volume_shape} pixels out of core in {self.n_blocks} blocks, "
             f"{self.predict_seconds:.0f} s -> {self.out_dir / 'labels.zarr'}",
             f"  foreground Dice vs synthetic truth: {self.dice:.3f}",
             f"  AP@0.5 (objects): {self.ap50:.3f}  ({self.n_pred} predicted / "
@@ -67,29 +72,96 @@ def _write_preview(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.nd
     iio.imwrite(path, (panel * 255).astype(np.uint8))
 
 
+def _write_zarr(path: Path, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+    import zarr
+
+    arr = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, chunks=chunks,
+                            overwrite=True)
+    arr[:] = data
+
+
+def _segment_and_score(out: Path, model: Any, image: np.ndarray, truth: np.ndarray,
+                       block: tuple[int, ...], chunk: tuple[int, ...], tile: Any,
+                       emit: Callable[[Any], None]) -> tuple[Any, ...]:
+    """Write the image to zarr, segment it out of core, and score it chunk by chunk."""
+    import zarr
+
+    from .api import predict
+    from .metrics import average_precision
+
+    image_path = out / "image.zarr"
+    _write_zarr(image_path, image, chunk)
+    _write_zarr(out / "truth.zarr", truth, chunk)
+    shape = image.shape
+    n_blocks = int(np.prod([-(-s // b) for s, b in zip(shape, block, strict=True)]))
+    t0 = time.perf_counter()
+    labels = predict(model, image_path, out / "labels.zarr", mode="instances",
+                     block_shape=block, chunk_shape=chunk, tile=tile, overwrite=True,
+                     progress=emit)
+    seconds = time.perf_counter() - t0
+    # Foreground Dice accumulated slab by slab: the result is never needed whole for it.
+    inter = total = 0
+    step = chunk[0]
+    for a in range(0, shape[0], step):
+        p = np.asarray(labels[a : a + step]) > 0
+        t = truth[a : a + step] > 0
+        inter += int((p & t).sum())
+        total += int(p.sum() + t.sum())
+    dice = 2.0 * inter / total if total else 1.0
+    pred = np.asarray(labels[:])
+    ap50 = average_precision(pred, truth, [0.5])[0.5]
+    if image.ndim == 3:
+        mid = shape[0] // 2
+        view = (mid,)
+    else:
+        view = (slice(0, 512), slice(0, 768))
+    preview = out / "preview.png"
+    stored = np.asarray(zarr.open_array(str(image_path), mode="r")[view])
+    _write_preview(preview, stored, truth[view], pred[view])
+    return n_blocks, seconds, dice, ap50, int(truth.max()), int(len(np.unique(pred)) - 1), \
+        preview
+
+
 def run_demo(
     out_dir: str | Path = "napari-unet-demo",
     quick: bool = False,
+    train: bool = False,
     progress: Callable[[Any], None] | None = None,
 ) -> DemoSummary:
     """Run the built-in demo and return its summary (see the module docstring)."""
-    import shutil
-
-    import zarr
-
-    from .api import predict, train
-    from .config import ModelConfig, TrainConfig
     from .data.synthetic import synthetic_nuclei
     from .events import StageStarted
-    from .metrics import average_precision
-    from .model.checkpoint import load_model
+    from .models import default_model_path
 
     emit = progress or (lambda e: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    builtin = default_model_path()
+    if builtin is not None and not train:
+        from .model.checkpoint import load_model
+
+        shape = (2048, 2048) if quick else (4096, 4096)
+        emit(StageStarted("data", message=f"rendering a synthetic {shape} nuclei image"))
+        image, truth = synthetic_nuclei(shape, density=0.25, radius=(5.0, 10.0), seed=1234)
+        n_blocks, seconds, dice, ap50, n_true, n_pred, preview = _segment_and_score(
+            out, load_model(builtin), image, truth, block=(1024, 1024), chunk=(512, 512),
+            tile=None, emit=emit)
+        return DemoSummary(out, shape, n_blocks, None, seconds, None, dice, ap50, n_true,
+                           n_pred, preview, builtin)
+    return _train_then_segment(out, quick, emit)
+
+
+def _train_then_segment(out: Path, quick: bool, emit: Callable[[Any], None]) -> DemoSummary:
+    import shutil
+
+    from .api import train
+    from .config import ModelConfig, TrainConfig
+    from .data.synthetic import synthetic_nuclei
+    from .events import StageStarted
+    from .model.checkpoint import load_model
+
     radius = (4.0, 8.0)
     density = 0.3
-
     emit(StageStarted("data", message="rendering synthetic training volumes"))
     n_train, train_shape = (3, (32, 96, 96)) if quick else (4, (48, 96, 96))
     pairs = [synthetic_nuclei(train_shape, density, radius, seed=s) for s in range(n_train)]
@@ -109,37 +181,8 @@ def run_demo(
     emit(StageStarted("data", message="writing a larger synthetic volume to zarr"))
     shape = (48, 256, 256) if quick else (64, 384, 384)
     image, truth = synthetic_nuclei(shape, density, radius, seed=1234)
-    image_path = out / "image.zarr"
-    for path, data in ((image_path, image), (out / "truth.zarr", truth)):
-        arr = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype,
-                                chunks=(16, 128, 128), overwrite=True)
-        arr[:] = data
-    del image
-
-    model = load_model(result.best_model)
-    block = (32, 128, 128)
-    n_blocks = int(np.prod([-(-s // b) for s, b in zip(shape, block, strict=True)]))
-    t0 = time.perf_counter()
-    labels = predict(model, image_path, out / "labels.zarr", mode="instances",
-                     block_shape=block, chunk_shape=(16, 128, 128), tile=(32, 128, 128),
-                     overwrite=True, progress=emit)
-    predict_s = time.perf_counter() - t0
-
-    # Foreground Dice accumulated chunk by chunk: the volume is never needed whole.
-    inter = total = 0
-    for z in range(0, shape[0], 16):
-        p = np.asarray(labels[z : z + 16]) > 0
-        t = truth[z : z + 16] > 0
-        inter += int((p & t).sum())
-        total += int(p.sum() + t.sum())
-    dice = 2.0 * inter / total if total else 1.0
-    pred = np.asarray(labels[:])
-    ap50 = average_precision(pred, truth, [0.5])[0.5]
-    mid = shape[0] // 2
-    preview = out / "preview.png"
-    image_mid = np.asarray(zarr.open_array(str(image_path), mode="r")[mid])
-    _write_preview(preview, image_mid, truth[mid], pred[mid])
-    return DemoSummary(
-        out, shape, n_blocks, train_s, predict_s, result.best_val_dice, dice, ap50,
-        int(truth.max()), int(pred.max()), preview, result.best_model,
-    )
+    n_blocks, seconds, dice, ap50, n_true, n_pred, preview = _segment_and_score(
+        out, load_model(result.best_model), image, truth, block=(32, 128, 128),
+        chunk=(16, 128, 128), tile=(32, 128, 128), emit=emit)
+    return DemoSummary(out, shape, n_blocks, train_s, seconds, result.best_val_dice, dice,
+                       ap50, n_true, n_pred, preview, result.best_model)

@@ -88,3 +88,14 @@ def test_napari_with_the_plugin_does_not_import_torch(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_writers_round_trip(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = np.zeros((6, 40, 50), np.uint32)
+    labels[2:4, 10:20, 10:30] = 7
+    layer = viewer.add_labels(labels, name="seg", scale=(3.0, 0.5, 0.5))
+    for name in ("seg.zarr", "seg.tif"):
+        written = layer.save(str(tmp_path / name), plugin="napari-unet")
+        data, _ = nu.open_volume(written[0] if isinstance(written, list) else written)
+        np.testing.assert_array_equal(np.asarray(data), labels)

@@ -31,8 +31,8 @@ class TrainPair:
     """One image (``(C, *spatial)``, lazy) with its labels, normalisation and foreground sample."""
 
     name: str
-    image: da.Array
-    labels: da.Array
+    image: da.Array | np.ndarray  # numpy once loaded (small data), else lazy
+    labels: da.Array | np.ndarray
     norm: Normalization
     foreground: np.ndarray  # (K, nd) coordinates of labelled voxels (a sample)
 
@@ -105,6 +105,7 @@ def prepare_pairs(
     normalize: tuple[float, float],
     what: str = "training",
     seed: int = 0,
+    in_memory_limit: int = 2 * 2**30,
 ) -> tuple[list[TrainPair], LabelStats]:
     """Open and check (image, labels) pairs before any training starts.
 
@@ -164,7 +165,28 @@ def prepare_pairs(
             )
         max_label = max(max_label, stats.max_label)
         out.append(TrainPair(name, image, labels, norm, fg))
+    _load_small(out, in_memory_limit)
     return out, LabelStats(max_label)
+
+
+def _take(arr: Any, index: tuple[slice, ...]) -> np.ndarray:
+    if isinstance(arr, np.ndarray):
+        return arr[index]
+    return np.asarray(arr[index].compute(scheduler="synchronous"))
+
+
+def _load_small(pairs: list[TrainPair], limit: int) -> None:
+    """Hold the data in memory when it all fits under ``limit`` bytes.
+
+    Reading every patch through dask and zarr decompression was measured to starve the model
+    (12 patches/s vs 35 needed for 2D); data larger than the limit stays lazy.
+    """
+    total = sum(p.image.nbytes + p.labels.nbytes for p in pairs)
+    if total > limit:
+        return
+    for p in pairs:
+        p.image = np.asarray(p.image.compute(scheduler="threads"))
+        p.labels = np.asarray(p.labels.compute(scheduler="threads"))
 
 
 def split_validation(
@@ -234,8 +256,8 @@ class PatchSampler:
         hi = [a + p + m for a, p, m in zip(start, self.patch, margin, strict=True)]
         sl = tuple(slice(max(0, a), min(s, b)) for a, b, s in zip(lo, hi, shape, strict=True))
         pad = [(max(0, -a), max(0, b - s)) for a, b, s in zip(lo, hi, shape, strict=True)]
-        x = np.asarray(pair.image[(slice(None), *sl)].compute(scheduler="synchronous"))
-        y = np.asarray(pair.labels[sl].compute(scheduler="synchronous"))
+        x = _take(pair.image, (slice(None), *sl))
+        y = _take(pair.labels, sl)
         x = pair.norm.apply(x, channel_axis=0)
         t = make_target(y, self.label_mode, self.boundary_width)
         if any(p for pp in pad for p in pp):

@@ -5,8 +5,10 @@ An output is a zarr group::
     out.zarr/               attrs["napari_unet"]: job description, fingerprint, result name
       labels | probabilities | logits    the result, written block by block
       semantic                           class map (instance jobs only; input of labelling)
+      seeds                              seed components (instance jobs only)
       blocks_done                        one uncompressed byte per block, set after its write
       frames_done                        one byte per labelled frame (instance jobs only)
+      model                              the model's bytes (cluster jobs only)
 
 Progress lives in the store itself, so a run that was killed resumes from what is on disk:
 a block counts as finished only once its marker is written, and the marker is written only

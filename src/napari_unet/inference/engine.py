@@ -139,9 +139,10 @@ def plan_shapes(
         chunk = block if block is not None else (DEFAULT_CHUNK[sd],) * sd
     chunk = tuple(min(c, s) for c, s in zip(chunk, spatial_shape, strict=True))
     if block is None:
-        # Blocks span >= 2 tiles per axis: a tile that straddles a block border is computed
-        # by both blocks, so larger blocks waste less.
-        block = tuple(round_up(max(2 * t, c), c) for t, c in zip(grid.tile, chunk, strict=True))
+        # A tile that straddles a block border is computed by both blocks, so larger blocks
+        # waste less: 4 tiles per axis in 2D, 3 in 3D (memory stays set by the block).
+        k = 4 if sd == 2 else 3
+        block = tuple(round_up(max(k * t, c), c) for t, c in zip(grid.tile, chunk, strict=True))
     bad = [(b, c) for b, c in zip(block, chunk, strict=True) if b % c]
     if bad:
         raise InputError(

@@ -146,6 +146,7 @@ def test_train_widget_trains_stops_resumes_and_registers(make_napari_viewer, qtb
     assert any(n.endswith("(trained)") for n in registry.choices())
     qtbot.waitUntil(lambda: any(layer.name.startswith("training preview")
                                 for layer in viewer.layers), timeout=60_000)
+    _wait(qtbot, w._preview_job)  # no worker may outlive the test's viewer
 
     # Bad input: labels of another shape.
     bad = viewer.add_labels(np.zeros((10, 10), np.uint8), name="wrong")

@@ -24,12 +24,18 @@ def layer_axes(layer: Any) -> str | None:
     return None
 
 
-def layer_geometry(layer: Any, ndim: int) -> dict[str, Any]:
-    """scale / translate of ``layer`` for a result layer with ``ndim`` dimensions."""
+def layer_geometry(layer: Any, ndim: int, region: tuple[slice, ...] | None = None
+                   ) -> dict[str, Any]:
+    """scale / translate of ``layer`` for a result layer with ``ndim`` dimensions, shifted to
+    ``region`` (an index into the layer's data) when the result covers only that part."""
     scale = tuple(layer.scale)[-ndim:]
     translate = tuple(layer.translate)[-ndim:]
     pad = ndim - len(scale)
-    return {"scale": (1.0,) * pad + scale, "translate": (0.0,) * pad + translate}
+    scale, translate = (1.0,) * pad + scale, (0.0,) * pad + translate
+    if region is not None:
+        translate = tuple(t + s * r.start for t, s, r in zip(translate, scale, region,
+                                                             strict=False))
+    return {"scale": scale, "translate": translate}
 
 
 def visible_region(viewer: Any, layer: Any, spatial_dims: int, depth: int = 1

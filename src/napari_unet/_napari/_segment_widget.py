@@ -207,11 +207,8 @@ class SegmentWidget(Container):
 
         name = unique_name(self.viewer, f"{layer.name} {config.mode}"
                            + (" (view)" if region is not None else ""))
-        geometry = layer_geometry(layer, layer_data(layer).ndim - (1 if layer.rgb else 0))
-        if region is not None:
-            geometry["translate"] = tuple(
-                t + s * r.start for t, s, r in zip(geometry["translate"], geometry["scale"],
-                                                   region, strict=False))
+        geometry = layer_geometry(layer, layer_data(layer).ndim - (1 if layer.rgb else 0),
+                                  region)
         state: dict[str, Any] = {"layer": None, "last_refresh": 0.0, "sd": spatial_dims}
 
         address = self.scheduler.value.strip() if region is None else ""

@@ -248,10 +248,7 @@ class TrainWidget(Container):
         region = visible_region(self.viewer, layer, sd, depth=32)
         data = layer_data(layer)
         crop = data[region + (slice(None),) * (data.ndim - len(region))]
-        geometry = layer_geometry(layer, len(region))
-        geometry["translate"] = tuple(
-            t + s * r.start for t, s, r in zip(geometry["translate"], geometry["scale"], region,
-                                               strict=True))
+        geometry = layer_geometry(layer, len(region), region)
         axes = None
         if layer.rgb:
             axes = "YXC" if crop.ndim == 3 else "ZYXC"

@@ -69,17 +69,22 @@ class _Bar:
             self.bar = None
 
 
+def _given(**flags: Any) -> dict[str, Any]:
+    """The flags the user actually passed (None = not given)."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .api import predict
     from .config import PredictConfig
 
     config = PredictConfig.load(args.config) if args.config else PredictConfig()
-    changes = {k: v for k, v in {
-        "mode": args.mode, "tile": args.tile, "overlap": args.overlap,
-        "blending": args.blending, "batch_size": args.batch_size, "block_shape": args.block,
-        "chunk_shape": args.chunk, "device": args.device, "precision": args.precision,
-        "axes": args.axes, "overwrite": args.overwrite or None, "tta": args.tta or None,
-    }.items() if v is not None}
+    changes = _given(
+        mode=args.mode, tile=args.tile, overlap=args.overlap, blending=args.blending,
+        batch_size=args.batch_size, block_shape=args.block, chunk_shape=args.chunk,
+        device=args.device, precision=args.precision, axes=args.axes,
+        overwrite=args.overwrite or None, tta=args.tta or None,
+    )
     config = config.replace(**changes)
     model = args.model or _default_model()
     bar = _Bar(args.quiet)
@@ -145,20 +150,17 @@ def _train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
-    changes = {k: v for k, v in {
-        "label_mode": args.label_mode, "patch_size": args.patch, "batch_size": args.batch_size,
-        "epochs": args.epochs, "steps_per_epoch": args.steps, "lr": args.lr,
-        "loss": args.loss, "device": args.device, "seed": args.seed,
-    }.items() if v is not None}
-    model_changes = {k: v for k, v in {
-        "spatial_dims": args.dims, "depth": args.depth, "base_filters": args.filters,
-    }.items() if v is not None}
+    changes = _given(
+        label_mode=args.label_mode, patch_size=args.patch, batch_size=args.batch_size,
+        epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, loss=args.loss,
+        device=args.device, seed=args.seed,
+    )
+    model_changes = _given(spatial_dims=args.dims, depth=args.depth, base_filters=args.filters)
     if model_changes:
         changes["model"] = config.model.replace(**model_changes)
     if args.no_augment:
         changes["augment"] = False
-    config = TrainConfig.from_dict({**config.to_dict(), **{
-        k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in changes.items()}})
+    config = config.replace(**changes)
     pairs = _pairs_from_folders(args.images, args.labels)
     val = _pairs_from_folders(args.val_images, args.val_labels) if args.val_images else None
     bar = _Bar(args.quiet)

@@ -300,9 +300,9 @@ def predict_iter(
     zarr.Array or numpy.ndarray
         The result array (in the store at ``output``, or in memory).
     """
-    config = (config or PredictConfig()).replace(**overrides) if overrides else (
-        config or PredictConfig()
-    )
+    config = config or PredictConfig()
+    if overrides:
+        config = config.replace(**overrides)
     spec = resolve_model(model)
     array, info = open_volume(image)
     source = info.source

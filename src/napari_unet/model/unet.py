@@ -18,6 +18,23 @@ from ..config import ModelConfig
 __all__ = ["UNet"]
 
 
+class _Conv3d(nn.Conv3d):
+    """Conv3d whose weight gradient stays right on the CPU under bf16 autocast.
+
+    torch 2.13 (oneDNN) returns bf16 weight gradients read from uninitialised memory for a
+    3x3x3 convolution over an input exactly 2 voxels deep (different on every run, sometimes NaN
+    or 1e36; the forward pass is right). Only that case runs in fp32; parameter names are those
+    of ``nn.Conv3d``, so checkpoints are unaffected.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.shape[2] == 2 and x.device.type == "cpu" and torch.is_grad_enabled()
+                and torch.is_autocast_enabled("cpu")):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 def _norm(kind: str, channels: int, spatial_dims: int, groups: int) -> nn.Module:
     if kind == "batch":
         return (nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d)(channels)
@@ -35,7 +52,7 @@ def _norm(kind: str, channels: int, spatial_dims: int, groups: int) -> nn.Module
 
 class _DoubleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int, cfg: ModelConfig) -> None:
-        conv = nn.Conv2d if cfg.spatial_dims == 2 else nn.Conv3d
+        conv = nn.Conv2d if cfg.spatial_dims == 2 else _Conv3d
         bias = cfg.norm == "none"  # a norm layer right after makes the bias redundant
         super().__init__(
             conv(cin, cout, 3, padding=1, bias=bias),

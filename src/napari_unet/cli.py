@@ -153,7 +153,7 @@ def _train(args: argparse.Namespace) -> int:
     changes = _given(
         label_mode=args.label_mode, patch_size=args.patch, batch_size=args.batch_size,
         epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, loss=args.loss,
-        device=args.device, seed=args.seed,
+        device=args.device, seed=args.seed, invert=args.invert, init_model=args.init,
     )
     model_changes = _given(spatial_dims=args.dims, depth=args.depth, base_filters=args.filters)
     if model_changes:
@@ -323,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="steps per epoch")
     p.add_argument("--lr", type=float)
     p.add_argument("--loss", choices=["auto", "bce_dice", "ce_dice", "dice", "ce", "focal"])
+    p.add_argument("--invert", choices=["never", "always", "auto"],
+                   help="make objects bright: always, or per image where the background is "
+                        "bright (auto, e.g. H&E next to fluorescence)")
+    p.add_argument("--init", help="start from this model file (fine-tuning)")
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-augment", action="store_true")

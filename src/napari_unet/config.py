@@ -28,6 +28,7 @@ __all__ = [
 
 NORMS = ("batch", "instance", "group", "none")
 MODES = ("probabilities", "semantic", "instances", "logits")
+INVERT_MODES = ("never", "always", "auto")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BLENDINGS = ("gaussian", "constant")
 
@@ -375,6 +376,9 @@ class TrainConfig(_Config):
         ``auto`` weights cross-entropy classes by inverse frequency in the training labels.
     foreground_fraction : float
         Share of patches centred on a labelled foreground voxel (nnU-Net uses 1/3).
+    pair_sampling : {"by_size", "uniform"}
+        How often each training pair is drawn: in proportion to its size, or equally (many
+        images of mixed sizes, where scores are averaged per image).
     augment : bool
         Flips, 90-degree rotations, small rotations and scaling, elastic deformation,
         gamma / contrast / brightness / noise / blur.
@@ -393,6 +397,9 @@ class TrainConfig(_Config):
         Width in pixels of the boundary class (``instances`` mode).
     normalize : (float, float)
         Percentiles of the per-image intensity normalisation (stored in the model).
+    invert : {"never", "always", "auto"}
+        Invert intensities so objects are bright ("auto": per image, where the background is
+        bright, e.g. H&E or bright-field next to fluorescence). Stored in the model.
     seed : int
         Seeds sampling, augmentation and initialisation (deterministic on the CPU).
     init_model : str, optional
@@ -414,6 +421,7 @@ class TrainConfig(_Config):
     loss: str = "auto"
     class_weights: str = "auto"
     foreground_fraction: float = 0.33
+    pair_sampling: str = "by_size"
     augment: bool = True
     anisotropic: bool = False
     val_fraction: float = 0.2
@@ -422,6 +430,7 @@ class TrainConfig(_Config):
     plateau_patience: int = 5
     boundary_width: int = 2
     normalize: tuple[float, float] = (1.0, 99.8)
+    invert: str = "never"
     seed: int = 0
     init_model: str | None = None
     device: str = "auto"
@@ -468,6 +477,11 @@ class TrainConfig(_Config):
             raise ConfigError(f"normalize must be percentiles 0 <= low < high <= 100, "
                               f"got {self.normalize}")
         object.__setattr__(self, "normalize", (lo, hi))
+        if self.pair_sampling not in ("by_size", "uniform"):
+            raise ConfigError(f"pair_sampling must be 'by_size' or 'uniform', "
+                              f"got {self.pair_sampling!r}")
+        if self.invert not in INVERT_MODES:
+            raise ConfigError(f"invert must be one of {INVERT_MODES}, got {self.invert!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 

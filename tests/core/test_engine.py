@@ -199,3 +199,19 @@ def test_small_fragments_are_dropped_from_instances(tmp_path):
     dropped = nu.predict(Times(2, 1.0), x, tmp_path / "b.zarr", min_size=10, **common)[:]
     assert len(np.unique(kept)) == 3 and len(np.unique(dropped)) == 2
     assert dropped[30, 30] == 0 and dropped[10, 10] > 0
+
+
+def test_model_that_inverts_bright_background_sees_fluorescence_either_way(rng):
+    # A model trained with invert="auto" (stored in its metadata) is fed bright objects on a
+    # dark background whether the image is fluorescence-like or its negative (H&E-like).
+    x = (rng.random((40, 48)) * 50).astype(np.float32)
+    x[10:20, 12:30] += 900  # bright objects, dark background
+    model = Identity(2)
+    model.metadata = {"normalization": {"kind": "percentile", "low": 0.0, "high": 100.0,
+                                        "invert": "auto"}}
+    direct = nu.predict(model, x, mode="logits", device="cpu")
+    negative = nu.predict(model, 1000.0 - x, mode="logits", device="cpu")
+    np.testing.assert_allclose(negative, direct, atol=1e-5)
+    assert direct[0, 15, 20] > 0.9 and direct[0, 0, 0] < 0.1
+    model.metadata["normalization"]["invert"] = "never"
+    assert nu.predict(model, 1000.0 - x, mode="logits", device="cpu")[0, 15, 20] < 0.1

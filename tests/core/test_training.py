@@ -181,7 +181,7 @@ def test_3d_training_runs_and_repeats_in_bf16(tmp_path):
     cfg = TrainConfig(model=ModelConfig(spatial_dims=3, depth=2, base_filters=4),
                       patch_size=(8, 16, 16), batch_size=2, epochs=2, steps_per_epoch=2,
                       val_patches=2, device="cpu", anisotropic=True, label_mode="classes",
-                      precision="bf16")
+                      precision="bf16", invert="auto", pair_sampling="uniform")
     data = [(i, (lab > 0).astype(np.uint8)) for i, lab in pairs]
     events = []
     result = nu.train(data, cfg, run_dir=tmp_path / "r3", progress=events.append)
@@ -192,4 +192,26 @@ def test_3d_training_runs_and_repeats_in_bf16(tmp_path):
     assert losses == [(h.train_loss, h.val_loss) for h in again.history]
     model = nu.load_model(result.best_model)
     assert model.config.spatial_dims == 3 and model.config.out_channels == 1
+    assert model.metadata["normalization"]["invert"] == "auto"
     assert model.metadata["label_mode"] == "classes"
+
+
+def test_pair_sampling_and_invert_are_checked_and_applied():
+    with pytest.raises(ConfigError, match="pair_sampling"):
+        TrainConfig(pair_sampling="by_area")
+    with pytest.raises(ConfigError, match="invert"):
+        TrainConfig(invert="yes")
+    from napari_unet.training.data import PatchSampler, prepare_pairs
+
+    small = synthetic_nuclei((32, 32), seed=0)
+    large = synthetic_nuclei((96, 96), seed=1)
+    pairs, _ = prepare_pairs([small, large], 2, "instances", (32, 32), (1.0, 99.8))
+    by_size = PatchSampler(pairs, (32, 32), "instances", 1, 0.5, None)
+    uniform = PatchSampler(pairs, (32, 32), "instances", 1, 0.5, None, uniform=True)
+    np.testing.assert_allclose(by_size.weights, [0.1, 0.9])
+    np.testing.assert_allclose(uniform.weights, [0.5, 0.5])
+    # invert="auto" flips only the image whose background is bright.
+    negative = (small[0].max() - small[0], small[1])
+    auto, _ = prepare_pairs([small, negative], 2, "instances", (32, 32), (1.0, 99.8),
+                            invert="auto")
+    assert auto[0].norm.low < auto[0].norm.high and auto[1].norm.low > auto[1].norm.high

@@ -165,11 +165,13 @@ def _normalization(
         (float(meta["low"]), float(meta["high"]))
         if meta.get("kind") == "percentile" else DEFAULT_PERCENTILES
     )
+    invert = str(meta.get("invert", "never"))
     try:
-        norm = percentile_normalization(canonical, n_lead, pct, source=source)
+        norm = percentile_normalization(canonical, n_lead, pct, source=source, invert=invert)
     except ValueError as err:
         raise InputError(str(err)) from err
-    return norm, {"kind": "percentile", "percentiles": list(pct), **norm.to_dict()}
+    return norm, {"kind": "percentile", "percentiles": list(pct), "invert": invert,
+                  **norm.to_dict()}
 
 
 def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:

@@ -106,6 +106,7 @@ def prepare_pairs(
     what: str = "training",
     seed: int = 0,
     in_memory_limit: int = 2 * 2**30,
+    invert: str = "never",
 ) -> tuple[list[TrainPair], LabelStats]:
     """Open and check (image, labels) pairs before any training starts.
 
@@ -153,7 +154,8 @@ def prepare_pairs(
         if np.dtype(labels.dtype).kind == "i" and labels.dtype.itemsize <= 2:
             labels = labels.astype(np.int32)
         try:
-            norm = percentile_normalization(image[None], 0, normalize, source=name)
+            norm = percentile_normalization(image[None], 0, normalize, source=name,
+                                           invert=invert)
         except ValueError as err:
             raise InputError(str(err)) from err
         fg, stats = _foreground_sample(labels, 20_000, seed + k)
@@ -228,6 +230,7 @@ class PatchSampler:
         boundary_width: int,
         foreground_fraction: float,
         augmenter: Augmenter | None,
+        uniform: bool = False,
     ) -> None:
         self.pairs = pairs
         self.patch = tuple(patch)
@@ -235,7 +238,8 @@ class PatchSampler:
         self.boundary_width = boundary_width
         self.foreground_fraction = foreground_fraction
         self.augmenter = augmenter
-        sizes = np.array([math.prod(p.spatial_shape) for p in pairs], dtype=np.float64)
+        sizes = np.array([1 if uniform else math.prod(p.spatial_shape) for p in pairs],
+                         dtype=np.float64)
         self.weights = sizes / sizes.sum()
 
     def _window(self, pair: TrainPair, rng: np.random.Generator, centred: bool) -> list[int]:

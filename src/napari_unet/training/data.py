@@ -219,6 +219,17 @@ def split_validation(
     )
 
 
+def _small_target(labels: np.ndarray, label_mode: str, boundary_width: int) -> np.ndarray:
+    """The whole image's target in the smallest signed integer type that holds it."""
+    target = make_target(labels, label_mode, boundary_width)
+    lo, hi = (int(target.min()), int(target.max())) if target.size else (0, 0)
+    for dtype in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return target.astype(dtype)
+    return target
+
+
 class PatchSampler:
     """Draws (image, target) patches, deterministically from a seed sequence."""
 
@@ -241,6 +252,10 @@ class PatchSampler:
         sizes = np.array([1 if uniform else math.prod(p.spatial_shape) for p in pairs],
                          dtype=np.float64)
         self.weights = sizes / sizes.sum()
+        # Targets of data held in memory are made once, for the whole image: per patch they
+        # took a third of the sampling time (boundary filters over patch + margin).
+        self.targets = [_small_target(p.labels, label_mode, boundary_width)
+                        if isinstance(p.labels, np.ndarray) else None for p in pairs]
 
     def _window(self, pair: TrainPair, rng: np.random.Generator, centred: bool) -> list[int]:
         shape = pair.spatial_shape
@@ -252,29 +267,34 @@ class PatchSampler:
                      zip(shape, self.patch, strict=True)]
         return [min(max(0, a), s - p) for a, s, p in zip(start, shape, self.patch, strict=True)]
 
-    def read(self, pair: TrainPair, start: Sequence[int], margin: Sequence[int]
+    def read(self, k: int, start: Sequence[int], margin: Sequence[int]
              ) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised image ``(C, *region)`` and target around a patch, reflect-padded."""
+        """Normalised image ``(C, *region)`` and target around a patch of pair ``k``,
+        reflect-padded."""
+        pair = self.pairs[k]
         shape = pair.spatial_shape
         lo = [a - m for a, m in zip(start, margin, strict=True)]
         hi = [a + p + m for a, p, m in zip(start, self.patch, margin, strict=True)]
         sl = tuple(slice(max(0, a), min(s, b)) for a, b, s in zip(lo, hi, shape, strict=True))
         pad = [(max(0, -a), max(0, b - s)) for a, b, s in zip(lo, hi, shape, strict=True)]
         x = _take(pair.image, (slice(None), *sl))
-        y = _take(pair.labels, sl)
         x = pair.norm.apply(x, channel_axis=0)
-        t = make_target(y, self.label_mode, self.boundary_width)
+        targets = self.targets[k]
+        if targets is not None:
+            t = targets[sl].astype(np.int64)
+        else:
+            t = make_target(_take(pair.labels, sl), self.label_mode, self.boundary_width)
         if any(p for pp in pad for p in pp):
             x = np.pad(x, [(0, 0), *pad], mode="reflect")
             t = np.pad(t, pad, mode="reflect")
         return x, t
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        pair = self.pairs[int(rng.choice(len(self.pairs), p=self.weights))]
-        start = self._window(pair, rng, rng.random() < self.foreground_fraction)
+        k = int(rng.choice(len(self.pairs), p=self.weights))
+        start = self._window(self.pairs[k], rng, rng.random() < self.foreground_fraction)
         if self.augmenter is None:
-            return self.read(pair, start, (0,) * len(self.patch))
-        x, t = self.read(pair, start, margin_for(self.patch))
+            return self.read(k, start, (0,) * len(self.patch))
+        x, t = self.read(k, start, margin_for(self.patch))
         return self.augmenter(x, t, self.patch, rng)
 
     def batch(self, batch_size: int, seed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -288,9 +308,9 @@ class PatchSampler:
         rng = np.random.default_rng([seed, 7919])
         out = []
         for _ in range(n):
-            pair = self.pairs[int(rng.choice(len(self.pairs), p=self.weights))]
-            start = self._window(pair, rng, rng.random() < self.foreground_fraction)
-            out.append(self.read(pair, start, (0,) * len(self.patch)))
+            k = int(rng.choice(len(self.pairs), p=self.weights))
+            start = self._window(self.pairs[k], rng, rng.random() < self.foreground_fraction)
+            out.append(self.read(k, start, (0,) * len(self.patch)))
         return out
 
 

@@ -40,7 +40,7 @@ class _Bar:
     def __call__(self, event: Any) -> None:
         from tqdm import tqdm
 
-        from .events import BlockDone, EpochEnd, Progress, StageStarted
+        from .events import BlockDone, EpochEnd, Notice, Progress, StageStarted
 
         if self.quiet:
             return
@@ -51,6 +51,8 @@ class _Bar:
             if event.total:
                 self.bar = tqdm(total=event.total, desc=event.stage, unit="block"
                                 if event.stage == "predict" else "it", dynamic_ncols=True)
+        elif isinstance(event, Notice):
+            tqdm.write(f"[{event.stage}] {event.message}")
         elif isinstance(event, (BlockDone, Progress)) and self.bar is not None:
             self.bar.n = event.done
             if isinstance(event, Progress) and event.message:

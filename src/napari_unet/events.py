@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["Progress", "BlockDone", "StageStarted", "EpochEnd", "Cancelled", "drain"]
+__all__ = ["Progress", "BlockDone", "StageStarted", "Notice", "EpochEnd", "Cancelled", "drain"]
 
 R = TypeVar("R")
 
@@ -23,6 +23,14 @@ class StageStarted:
     stage: str
     total: int = 0
     message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    """Something the user should know that does not stop the work (e.g. a smaller batch)."""
+
+    stage: str
+    message: str
 
 
 @dataclasses.dataclass(frozen=True)

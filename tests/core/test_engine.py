@@ -9,7 +9,8 @@ import torch
 import zarr
 
 import napari_unet as nu
-from napari_unet.events import BlockDone, Cancelled
+from napari_unet.events import BlockDone, Cancelled, Notice
+from napari_unet.io import InputError
 from napari_unet.normalize import percentile_normalization
 
 from .helpers import Identity, Times, tiny_unet
@@ -215,3 +216,38 @@ def test_model_that_inverts_bright_background_sees_fluorescence_either_way(rng):
     assert direct[0, 15, 20] > 0.9 and direct[0, 0, 0] < 0.1
     model.metadata["normalization"]["invert"] = "never"
     assert nu.predict(model, 1000.0 - x, mode="logits", device="cpu")[0, 15, 20] < 0.1
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on(rng):
+    class RunsOutAboveTwo(torch.nn.Module):
+        """Raises the error a GPU raises when more than two tiles are run at once."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.spatial_dims, self.in_channels, self.out_channels = 2, 1, 1
+            self.batches = []
+
+        def forward(self, x):
+            self.batches.append(x.shape[0])
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return x * 2.0
+
+    x = rng.random((64, 64)).astype(np.float32)
+    model = RunsOutAboveTwo()
+    events = []
+    out = nu.predict(model, x, mode="logits", tile=16, overlap=0.25, batch_size=8,
+                     block_shape=(32, 32), device="cpu", progress=events.append)
+    expected = nu.predict(Times(2), x, mode="logits", tile=16, overlap=0.25, batch_size=2,
+                          block_shape=(32, 32), device="cpu")
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert model.batches[:3] == [8, 4, 2] and max(model.batches[3:]) == 2  # stays at 2
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert len(notices) == 1 and "2 tile(s) per batch" in notices[0]
+
+    class NeverFits(RunsOutAboveTwo):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(InputError, match="smaller tile"):
+        nu.predict(NeverFits(), x, mode="logits", tile=16, device="cpu")

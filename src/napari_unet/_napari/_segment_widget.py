@@ -27,7 +27,7 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from . import _workers
 from ._layers import layer_axes, layer_data, layer_geometry, unique_name, visible_region
@@ -203,7 +203,7 @@ class SegmentWidget(Container):
 
     def _start(self, layer, data, model_path, config, output, region, spatial_dims):
         from ..api import predict_iter
-        from ..events import BlockDone, Progress, StageStarted
+        from ..events import BlockDone, Notice, Progress, StageStarted
 
         name = unique_name(self.viewer, f"{layer.name} {config.mode}"
                            + (" (view)" if region is not None else ""))
@@ -233,6 +233,9 @@ class SegmentWidget(Container):
                     self.progress.value = 0
                 if event.stage == "predict" and output is not None and state["layer"] is None:
                     state["layer"] = self._live_layer(output, name, geometry, spatial_dims)
+            elif isinstance(event, Notice):
+                self.status.value = event.message
+                show_warning(f"napari-unet: {event.message}")
             elif isinstance(event, (BlockDone, Progress)):
                 self.progress.value = event.done
                 now = time.monotonic()

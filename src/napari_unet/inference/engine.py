@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import math
 import os
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import dask.array as da
@@ -24,7 +24,7 @@ import torch
 
 from .. import postprocess
 from ..config import PredictConfig
-from ..events import BlockDone, Cancelled, Progress, StageStarted
+from ..events import BlockDone, Cancelled, Notice, Progress, StageStarted
 from ..io import InputError, open_volume
 from ..normalize import DEFAULT_PERCENTILES, Normalization, percentile_normalization
 from .device import autocast, memory_format, release_memory, select_device, select_precision
@@ -174,11 +174,6 @@ def _normalization(
                   **norm.to_dict()}
 
 
-def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 class _BlockRunner:
     """Runs the tiles of one block through the model and blends them on the device."""
 
@@ -197,6 +192,10 @@ class _BlockRunner:
         self.weights = torch.from_numpy(np.ascontiguousarray(w)).to(device)
         self.pin = device.type == "cuda"
         self.fmt = memory_format(spec.spatial_dims)
+        # Tiles per forward pass: config.batch_size, halved (for the rest of the run) whenever
+        # the device runs out of memory, so a batch too large for a smaller GPU slows the run
+        # down instead of ending it.
+        self.batch_size = config.batch_size
 
     def _forward(self, xb: torch.Tensor) -> torch.Tensor:
         """Logits of a batch; with ``tta`` the mean over mirror images along Y and X."""
@@ -241,12 +240,27 @@ class _BlockRunner:
                           device=self.device)
         wsum = torch.zeros(shape, dtype=torch.float32, device=self.device)
         tiles = grid.tiles_touching(region)
-        for batch in _batches(tiles, self.config.batch_size):
+        start = 0
+        while start < len(tiles):
+            batch = tiles[start : start + self.batch_size]
             xb = torch.from_numpy(np.stack([self._tile_input(x, in_region, o) for o in batch]))
             if self.pin:
                 xb = xb.pin_memory()
             xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
-            yb = self._forward(xb)
+            try:
+                yb = self._forward(xb)
+            except torch.OutOfMemoryError as err:
+                del xb
+                release_memory(self.device)
+                if self.batch_size == 1:
+                    raise InputError(
+                        f"one tile of {tuple(grid.tile)} does not fit in the memory of "
+                        f"{self.device}; choose a smaller tile (e.g. "
+                        f"{tuple(max(16, t // 2) for t in grid.tile)}) or device='cpu'"
+                    ) from err
+                self.batch_size = max(1, len(batch) // 2)
+                continue
+            start += len(batch)
             if yb.shape[1] != self.spec.out_channels or yb.shape[2:] != xb.shape[2:]:
                 raise RuntimeError(
                     f"the model returned shape {tuple(yb.shape)} for input {tuple(xb.shape)}; "
@@ -540,7 +554,12 @@ def _run_blocks(
             i, fut = reads.popleft()
             x, in_region = fut.result()
             refill()
+            batch_size = runner.batch_size
             logits = runner(x, in_region, units[i][1])
+            if runner.batch_size != batch_size:
+                yield Notice("predict", f"out of memory on {runner.device}: "
+                                        f"{runner.batch_size} tile(s) per batch from now on "
+                                        f"(was {batch_size})")
             name, data = _block_arrays(logits, config)
             del logits
             writes.append((i, writer.submit(write, i, name, data)))

@@ -251,3 +251,24 @@ def test_out_of_memory_halves_the_batch_and_goes_on(rng):
 
     with pytest.raises(InputError, match="smaller tile"):
         nu.predict(NeverFits(), x, mode="logits", tile=16, device="cpu")
+
+
+def test_default_tile_grows_where_that_computes_less():
+    import math
+
+    from napari_unet.inference.engine import plan_shapes, resolve_model
+    from napari_unet.inference.tiling import TileGrid, fit_tile
+
+    def computed(grid):
+        return math.prod(len(o) * t for o, t in zip(grid.origins, grid.tile, strict=True))
+
+    shape = (96, 192, 192)
+    spec = resolve_model(tiny_unet(3, depth=4))  # recommended tile 96, multiple 16
+    fixed = TileGrid.build(shape, (96, 96, 96), 0.25, (16, 16, 16))
+    grid, _, _ = plan_shapes(shape, spec, nu.PredictConfig())
+    assert computed(fixed) / math.prod(shape) == pytest.approx(2.25)
+    assert grid.tile == (96, 112, 112) and computed(grid) < 0.61 * computed(fixed)
+    assert math.prod(grid.tile) <= 1.5 * 96**3  # memory per tile stays bounded
+    # An explicit tile is kept as given; a volume that tiles evenly keeps the recommended one.
+    assert plan_shapes(shape, spec, nu.PredictConfig(tile=96))[0].tile == (96, 96, 96)
+    assert fit_tile((96, 168, 168), (96, 96, 96), 0.25, (16, 16, 16)) == (96, 96, 96)

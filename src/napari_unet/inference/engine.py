@@ -30,7 +30,7 @@ from ..normalize import DEFAULT_PERCENTILES, Normalization, percentile_normaliza
 from .device import autocast, memory_format, release_memory, select_device, select_precision
 from .layout import Layout, resolve_layout
 from .store import OutputStore
-from .tiling import TileGrid, blending_weights, block_regions, round_up
+from .tiling import TileGrid, blending_weights, block_regions, fit_tile, round_up
 
 __all__ = ["ModelSpec", "resolve_model", "predict_iter", "plan_shapes"]
 
@@ -126,11 +126,13 @@ def plan_shapes(
             raise InputError(f"{name} {value} needs {sd} values for a {sd}D model")
         return value
 
-    tile = per_axis(config.tile, "tile") or per_axis(spec.metadata.get("tile"), "tile")
-    tile = tile or (DEFAULT_TILE[sd],) * sd
+    tile = per_axis(config.tile, "tile")
     overlap = config.overlap
     if not isinstance(overlap, float):
         overlap = per_axis(overlap, "overlap")
+    if tile is None:  # the model's recommended tile, grown where that computes less
+        recommended = per_axis(spec.metadata.get("tile"), "tile") or (DEFAULT_TILE[sd],) * sd
+        tile = fit_tile(spatial_shape, recommended, overlap, spec.size_multiple)
     grid = TileGrid.build(spatial_shape, tile, overlap, spec.size_multiple)
 
     chunk = per_axis(config.chunk_shape, "chunk_shape")

@@ -89,6 +89,11 @@ class TrainWidget(Container):
         self.loss = ComboBox(label="loss", value="auto",
                              choices=["auto", "bce_dice", "ce_dice", "dice", "ce", "focal"])
         self.augment = CheckBox(label="augmentation", value=True)
+        self.invert = ComboBox(label="invert intensities", value="never",
+                               choices=["never", "always", "auto"],
+                               tooltip="make objects bright: always (dark objects, e.g. "
+                                       "bright-field), or per image where the background is "
+                                       "bright (auto); stored in the model")
         self.device = ComboBox(label="device", value="auto",
                                choices=["auto", "cpu", "cuda", "mps"])
         self.run_dir = FileEdit(label="save run in", mode="d",
@@ -102,7 +107,7 @@ class TrainWidget(Container):
         self.extend([
             self.image, self.labels, self.label_mode, self.dims, self.depth, self.filters,
             self.patch, self.batch_size, self.epochs, self.steps, self.lr, self.loss,
-            self.augment, self.device, self.run_dir, self.resume, self.preview,
+            self.augment, self.invert, self.device, self.run_dir, self.resume, self.preview,
             self.start_button, self.stop_button, self.progress, self.status,
         ])
         self.plot = CurvePlot()
@@ -165,6 +170,7 @@ class TrainWidget(Container):
             batch_size=int(self.batch_size.value), epochs=int(self.epochs.value),
             steps_per_epoch=int(self.steps.value), lr=float(self.lr.value),
             loss=self.loss.value, augment=bool(self.augment.value), device=self.device.value,
+            invert=self.invert.value,
             anisotropic=sd == 3 and float(image.scale[-3]) > 1.5 * float(image.scale[-1]),
         )
         return config, img, lab, dims

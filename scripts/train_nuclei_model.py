@@ -7,12 +7,22 @@ with ``--install``, copies it into the package as the default model (stored as f
     .venv/bin/python scripts/train_nuclei_model.py --data ../shared/data/dsb2018 \
         --run runs/nuclei2d [--minutes 50] [--install]
 
-The shipped model was made in two runs on a 2-core CPU: the command above (50-minute budget,
-early stopping ended it after 45 epochs), then a fine-tuning run from its best checkpoint:
+The shipped model was made in three runs on a 2-core CPU. The first two ran before
+``invert`` and ``pair_sampling`` existed (hence the flags): the command above with
+``--invert never --pair-sampling by_size`` (50-minute budget, early stopping ended it after 45
+epochs), then a fine-tuning run from its best checkpoint:
 
     .venv/bin/python scripts/train_nuclei_model.py --run runs/nuclei2d_ft \
-        --init runs/nuclei2d/best.safetensors --lr 3e-4 --patience 30 --minutes 28 --install
+        --init runs/nuclei2d/best.safetensors --lr 3e-4 --patience 30 --minutes 28 \
+        --invert never --pair-sampling by_size
 
+and a last fine-tuning run with the current defaults (inverted H&E / bright-field images,
+images drawn equally often), which early stopping ended after 70 epochs (23 minutes):
+
+    .venv/bin/python scripts/train_nuclei_model.py --run runs/nuclei2d_inv \
+        --init runs/nuclei2d_ft/best.safetensors --lr 3e-4 --patience 30 --minutes 40 --install
+
+On val it raised Dice 0.895 -> 0.900 and AP@0.5 0.747 -> 0.777 (H&E images 0.42 -> 0.55).
 Colour images are averaged to gray (the model's metadata asks ``predict`` to do the same).
 """
 

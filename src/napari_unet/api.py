@@ -44,8 +44,9 @@ def predict(
 
     Parameters
     ----------
-    model : UNet or path
-        A :class:`~napari_unet.UNet` or the path of a model saved with ``save_model``.
+    model : UNet, path, "nuclei" or None
+        A :class:`~napari_unet.UNet`, the path of a model saved with ``save_model``, or the
+        built-in nuclei model (``"nuclei"`` or None).
     image : array-like or path
         numpy, dask or zarr array, or a path to a zarr / OME-Zarr store or a TIFF file.
         Axes YX or ZYX with an optional channel axis and an optional leading time axis

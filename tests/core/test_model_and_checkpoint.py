@@ -124,3 +124,20 @@ def test_malicious_pickle_is_never_executed(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError):
         nu.load_model(zipped)
     assert not marker.exists()
+
+
+def test_builtin_model_by_name_and_as_the_default(tmp_path, monkeypatch):
+    from napari_unet.data.synthetic import synthetic_nuclei
+
+    model = nu.load_model("nuclei")
+    assert model.config.spatial_dims == 2
+    assert model.metadata["normalization"]["invert"] == "auto"
+    image, _ = synthetic_nuclei((64, 64), seed=0)
+    by_name = nu.predict("nuclei", image, mode="probabilities", device="cpu")
+    np.testing.assert_array_equal(nu.predict(None, image, mode="probabilities", device="cpu"),
+                                  by_name)
+    # A file of that name in the working directory wins over the built-in model.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nuclei").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="nuclei"):
+        nu.load_model("nuclei")

@@ -64,7 +64,8 @@ class ModelSpec:
 
 
 def resolve_model(model: Any) -> ModelSpec:
-    """Accept a UNet, a model file path, or a module exposing the same attributes.
+    """Accept a UNet, a model file path or built-in name, None (the built-in nuclei model), or
+    a module exposing the same attributes.
 
     A non-UNet module must define ``spatial_dims``, ``in_channels``, ``out_channels`` and
     optionally ``size_multiple`` -- enough to plan tiles (used e.g. by identity models in tests).
@@ -72,6 +73,14 @@ def resolve_model(model: Any) -> ModelSpec:
     from ..model.checkpoint import load_model
     from ..model.unet import UNet
 
+    if model is None:
+        from ..models import default_model_path
+
+        path = default_model_path()
+        if path is None:
+            raise InputError("no model given and no built-in model ships with this install; "
+                             "train one (napari-unet train) or pass a model file")
+        model = path
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     if isinstance(model, UNet):

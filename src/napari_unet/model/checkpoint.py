@@ -172,6 +172,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
     """Load a model saved by :func:`save_model`; it comes back in eval mode.
 
+    ``path`` may also name a built-in model (``"nuclei"``) when no such file exists.
     The file is parsed with safetensors (no pickle), so no code in the file can run.
     Its metadata is available as ``model.metadata``.
 
@@ -182,7 +183,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
     """
     from safetensors.torch import load_file
 
+    from ..models import BUILTIN_MODELS
+
     path = Path(path)
+    if not path.exists() and str(path) in BUILTIN_MODELS:
+        path = BUILTIN_MODELS[str(path)]
     header = _read_header(path)
     try:
         tensors = load_file(str(path), device="cpu")

@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     parser.add_argument("--invert", choices=["never", "always", "auto"],
                         help="intensity inversion (default: the config's, auto)")
+    parser.add_argument("--patch", type=int, help="square patch size (default: the config's)")
+    parser.add_argument("--batch-size", type=int, help="patches per step (default: the config's)")
     parser.add_argument("--pair-sampling", choices=["by_size", "uniform"],
                         help="how often each image is drawn (default: the config's, uniform)")
     parser.add_argument("--evaluate-only", action="store_true")
@@ -100,7 +102,9 @@ def main() -> None:
 
     global CONFIG
     given = {"init_model": args.init, "lr": args.lr, "patience": args.patience,
-             "invert": args.invert, "pair_sampling": args.pair_sampling}
+             "invert": args.invert, "pair_sampling": args.pair_sampling,
+             "patch_size": (args.patch, args.patch) if args.patch else None,
+             "batch_size": args.batch_size}
     changes = {k: v for k, v in given.items() if v is not None}
     if args.init:
         changes["epochs"] = 400

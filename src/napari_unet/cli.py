@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import INVERT_MODES
+
 __all__ = ["main"]
 
 
@@ -325,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="steps per epoch")
     p.add_argument("--lr", type=float)
     p.add_argument("--loss", choices=["auto", "bce_dice", "ce_dice", "dice", "ce", "focal"])
-    p.add_argument("--invert", choices=["never", "always", "auto"],
+    p.add_argument("--invert", choices=INVERT_MODES,
                    help="make objects bright: always, or per image where the background is "
                         "bright (auto, e.g. H&E next to fluorescence)")
     p.add_argument("--init", help="start from this model file (fine-tuning)")

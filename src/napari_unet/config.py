@@ -29,6 +29,7 @@ __all__ = [
 NORMS = ("batch", "instance", "group", "none")
 MODES = ("probabilities", "semantic", "instances", "logits")
 INVERT_MODES = ("never", "always", "auto")
+PAIR_SAMPLINGS = ("by_size", "uniform")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BLENDINGS = ("gaussian", "constant")
 
@@ -477,8 +478,8 @@ class TrainConfig(_Config):
             raise ConfigError(f"normalize must be percentiles 0 <= low < high <= 100, "
                               f"got {self.normalize}")
         object.__setattr__(self, "normalize", (lo, hi))
-        if self.pair_sampling not in ("by_size", "uniform"):
-            raise ConfigError(f"pair_sampling must be 'by_size' or 'uniform', "
+        if self.pair_sampling not in PAIR_SAMPLINGS:
+            raise ConfigError(f"pair_sampling must be one of {PAIR_SAMPLINGS}, "
                               f"got {self.pair_sampling!r}")
         if self.invert not in INVERT_MODES:
             raise ConfigError(f"invert must be one of {INVERT_MODES}, got {self.invert!r}")

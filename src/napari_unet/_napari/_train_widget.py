@@ -28,6 +28,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
+from ..config import INVERT_MODES
 from . import _workers
 from ._layers import layer_data, layer_geometry, unique_name, visible_region
 from ._plot import CurvePlot
@@ -90,7 +91,7 @@ class TrainWidget(Container):
                              choices=["auto", "bce_dice", "ce_dice", "dice", "ce", "focal"])
         self.augment = CheckBox(label="augmentation", value=True)
         self.invert = ComboBox(label="invert intensities", value="never",
-                               choices=["never", "always", "auto"],
+                               choices=list(INVERT_MODES),
                                tooltip="make objects bright: always (dark objects, e.g. "
                                        "bright-field), or per image where the background is "
                                        "bright (auto); stored in the model")

@@ -289,9 +289,13 @@ class PatchSampler:
             t = np.pad(t, pad, mode="reflect")
         return x, t
 
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _draw(self, rng: np.random.Generator) -> tuple[int, list[int]]:
+        """A pair index and the start of a patch window in it."""
         k = int(rng.choice(len(self.pairs), p=self.weights))
-        start = self._window(self.pairs[k], rng, rng.random() < self.foreground_fraction)
+        return k, self._window(self.pairs[k], rng, rng.random() < self.foreground_fraction)
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        k, start = self._draw(rng)
         if self.augmenter is None:
             return self.read(k, start, (0,) * len(self.patch))
         x, t = self.read(k, start, margin_for(self.patch))
@@ -308,8 +312,7 @@ class PatchSampler:
         rng = np.random.default_rng([seed, 7919])
         out = []
         for _ in range(n):
-            k = int(rng.choice(len(self.pairs), p=self.weights))
-            start = self._window(self.pairs[k], rng, rng.random() < self.foreground_fraction)
+            k, start = self._draw(rng)
             out.append(self.read(k, start, (0,) * len(self.patch)))
         return out
 

@@ -16,6 +16,11 @@ peak RSS and the max abs difference of the logits to MONAI's.  Then "defaults": 
 MONAI's defaults.
 
     .venv/bin/python benchmarks/inference_vs_monai.py [--dims 2 3] [--repeats 3] [--quick]
+    .venv/bin/python benchmarks/inference_vs_monai.py --geometry
+
+``--geometry`` prints, without running a network, the voxels each default grid computes per
+output voxel (tiles that several blocks compute counted each time) for a range of volume
+shapes: crop stitching vs Gaussian blending, the seed U-Nets' recommended tiles.
 
 MONAI is a benchmark-only dependency: ``pip install monai`` (with torch already installed).
 """
@@ -139,14 +144,53 @@ def row(kind: str, dims: int, setup: dict, work: Path, repeats: int, precision: 
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+GEOMETRY = {
+    2: [(512, 512), (1024, 1024), (1500, 1500), (2048, 2048), (3000, 2000), (4096, 4096),
+        (10000, 10000)],
+    3: [(64, 256, 256), (96, 192, 192), (128, 512, 512), (200, 300, 400), (256, 1024, 1024),
+        (1024, 512, 512)],
+}
+
+
+def geometry() -> None:
+    """Voxels computed per output voxel by the default grids (no network runs)."""
+    import math
+
+    import napari_unet as nu
+    from napari_unet.inference.engine import _Plan, plan_shapes, resolve_model
+    from napari_unet.inference.layout import Layout
+
+    print(f"{'dims':>4} {'shape':>20} {'crop tile':>18} {'crop':>6} {'gaussian tile':>18} "
+          f"{'gaussian':>8} {'ratio':>6}")
+    for dims, shapes in GEOMETRY.items():
+        spec = resolve_model(nu.UNet(spatial_dims=dims, in_channels=1, out_channels=2,
+                                     **SETUPS[dims]["model"]))
+        axes = "YX" if dims == 2 else "ZYX"
+        for shape in shapes:
+            cost = {}
+            for blending in ("crop", "gaussian"):
+                grid, block, chunk = plan_shapes(shape, spec, nu.PredictConfig(blending=blending))
+                plan = _Plan(Layout(axes, "", axes, False), (), shape, grid, block, chunk)
+                runs = sum(len(grid.tiles_touching(r)) for _, r in plan.units)
+                cost[blending] = (grid.tile, runs * math.prod(grid.tile) / math.prod(shape))
+            print(f"{dims:>4} {str(shape):>20} {str(cost['crop'][0]):>18} {cost['crop'][1]:>6.2f} "
+                  f"{str(cost['gaussian'][0]):>18} {cost['gaussian'][1]:>8.2f} "
+                  f"{cost['gaussian'][1] / cost['crop'][1]:>6.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the script)")
+    parser.add_argument("--geometry", action="store_true",
+                        help="only the voxels computed per output voxel by the default grids")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.geometry:
+        geometry()
+        return
     setups = QUICK if args.quick else SETUPS
     if args.child:
         kind, dims, work = args.child

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import INVERT_MODES
+from .config import BLENDINGS, INVERT_MODES
 
 __all__ = ["main"]
 
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["probabilities", "semantic", "instances", "logits"])
     p.add_argument("--tile", type=_ints, help="network input size, e.g. 128,128,128")
     p.add_argument("--overlap", type=_overlap, help="fraction (0.25) or voxels (16,32,32)")
-    p.add_argument("--blending", choices=["gaussian", "constant"])
+    p.add_argument("--blending", choices=list(BLENDINGS))
     p.add_argument("--batch-size", type=int)
     p.add_argument("--block", type=_ints, help="block (unit of work) shape")
     p.add_argument("--chunk", type=_ints, help="output chunk shape")

@@ -31,7 +31,7 @@ MODES = ("probabilities", "semantic", "instances", "logits")
 INVERT_MODES = ("never", "always", "auto")
 PAIR_SAMPLINGS = ("by_size", "uniform")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BLENDINGS = ("gaussian", "constant")
+BLENDINGS = ("crop", "gaussian", "constant")
 
 T = TypeVar("T", bound="_Config")
 
@@ -220,8 +220,13 @@ class PredictConfig(_Config):
         clipped to the image; default: the model's recommended tile.
     overlap : float or tuple of int
         Overlap of neighbouring tiles, as a fraction of the tile (0 <= f < 1) or in voxels.
-    blending : {"gaussian", "constant"}
-        Weights used to blend overlapping tiles.
+    blending : {"crop", "gaussian", "constant"}
+        How overlapping tiles make one output.  "crop": the volume is cut into cells and each
+        tile, a cell plus half the overlap of context on every side, writes only its cell --
+        with blocks of whole cells no tile is computed twice (the default tile is then also
+        grown, keeping the overlap in voxels of the model's recommended tile).  "gaussian" /
+        "constant": overlapping tiles are averaged with Gaussian / equal weights (as nnU-Net
+        and MONAI do); a tile straddling a block border is computed by both blocks.
     sigma_scale : float
         Gaussian sigma as a fraction of the tile size.
     batch_size : int
@@ -261,7 +266,7 @@ class PredictConfig(_Config):
     mode: str = "semantic"
     tile: tuple[int, ...] | None = None
     overlap: float | tuple[int, ...] = 0.25
-    blending: str = "gaussian"
+    blending: str = "crop"
     sigma_scale: float = 0.125
     batch_size: int = 4
     block_shape: tuple[int, ...] | None = None

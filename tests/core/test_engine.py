@@ -13,7 +13,7 @@ from napari_unet.events import BlockDone, Cancelled, Notice
 from napari_unet.io import InputError
 from napari_unet.normalize import percentile_normalization
 
-from .helpers import Identity, Times, tiny_unet
+from .helpers import Identity, LocalConv, Times, tiny_unet
 
 
 def _normalised(x: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
@@ -43,7 +43,7 @@ def test_identity_model_returns_normalised_input(shape, tile, overlap, block, mu
     np.testing.assert_allclose(out[0], _normalised(x), rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize("blending", ["gaussian", "constant"])
+@pytest.mark.parametrize("blending", ["crop", "gaussian", "constant"])
 def test_result_does_not_depend_on_block_size(tmp_path, rng, blending):
     x = rng.normal(100, 20, (23, 61, 50)).astype(np.float32)
     model = tiny_unet(3, out_channels=3)
@@ -265,10 +265,81 @@ def test_default_tile_grows_where_that_computes_less():
     shape = (96, 192, 192)
     spec = resolve_model(tiny_unet(3, depth=4))  # recommended tile 96, multiple 16
     fixed = TileGrid.build(shape, (96, 96, 96), 0.25, (16, 16, 16))
-    grid, _, _ = plan_shapes(shape, spec, nu.PredictConfig())
+    grid, _, _ = plan_shapes(shape, spec, nu.PredictConfig(blending="gaussian"))
     assert computed(fixed) / math.prod(shape) == pytest.approx(2.25)
     assert grid.tile == (96, 112, 112) and computed(grid) < 0.61 * computed(fixed)
     assert math.prod(grid.tile) <= 1.5 * 96**3  # memory per tile stays bounded
     # An explicit tile is kept as given; a volume that tiles evenly keeps the recommended one.
-    assert plan_shapes(shape, spec, nu.PredictConfig(tile=96))[0].tile == (96, 96, 96)
+    assert plan_shapes(shape, spec, nu.PredictConfig(tile=96, blending="gaussian"))[0].tile \
+        == (96, 96, 96)
     assert fit_tile((96, 168, 168), (96, 96, 96), 0.25, (16, 16, 16)) == (96, 96, 96)
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile", "overlap", "block"),
+    [
+        ((70, 53), (16, 16), (4, 6), None),
+        ((19, 40, 33), (8, 16, 16), (4, 4, 4), (8, 16, 16)),
+        ((19, 40, 33), (8, 16, 16), (6, 4, 8), (16, 20, 12)),  # blocks that cut tiles
+    ],
+)
+def test_crop_tiles_with_enough_context_match_a_whole_image_pass(shape, tile, overlap, block,
+                                                                 rng):
+    x = rng.normal(0, 1, shape).astype(np.float32)
+    model = LocalConv(len(shape))
+    tiled = nu.predict(model, x, mode="logits", tile=tile, overlap=overlap, blending="crop",
+                       block_shape=block, chunk_shape=block, normalize=(0, 100),
+                       precision="fp32", device="cpu")
+    whole = nu.predict(model, x, mode="logits", tile=shape, normalize=(0, 100),
+                       precision="fp32", device="cpu")
+    # Each tile writes only its cell, which lies >= overlap/2 >= 2 voxels inside it (or at
+    # the volume's edge, where both passes pad alike).
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
+    # Too little context shows at the cells' borders.
+    thin = nu.predict(model, x, mode="logits", tile=tile, overlap=(2,) * len(shape),
+                      blending="crop",
+                      normalize=(0, 100), precision="fp32", device="cpu")
+    assert np.abs(thin - whole).max() > 1e-3
+
+
+def test_default_crop_grid_computes_every_tile_once():
+    import math
+
+    from napari_unet.inference.engine import _Plan, plan_shapes, resolve_model
+    from napari_unet.inference.layout import Layout
+
+    spec = resolve_model(tiny_unet(3, depth=4))  # recommended tile 96, overlap 24
+    for shape, most in [((96, 192, 192), 0.8), ((130, 300, 250), 0.85),
+                        ((1024, 512, 512), 0.6)]:
+        grid, block, chunk = plan_shapes(shape, spec, nu.PredictConfig())
+        blend, blend_block, _ = plan_shapes(shape, spec, nu.PredictConfig(blending="gaussian"))
+        plan = _Plan(Layout("ZYX", "", "ZYX", False), (), shape, grid, block, chunk)
+        runs = [o for _, region in plan.units for o in grid.tiles_touching(region)]
+        assert len(runs) == len(set(runs)) == grid.n_tiles  # no tile computed twice
+        assert all(b % c == 0 for b, c in zip(block, chunk, strict=True))
+        # at most the voxels per forward pass of the default batch of grown tiles
+        assert math.prod(grid.tile) <= 1.5 * 4 * 96**3
+        # each cell keeps the context of the recommended tile's overlap (24) around it
+        assert all((t - c) // 2 >= 12 for t, c, s in zip(grid.tile, grid.cell, shape,
+                                                         strict=True) if t < s)
+        blend_plan = _Plan(plan.layout, (), shape, blend, blend_block, chunk)
+        blend_runs = sum(len(blend.tiles_touching(r)) for _, r in blend_plan.units)
+        # fewer voxels than Gaussian blending's default grid, whose tiles that straddle
+        # block borders run once per block
+        assert grid.computed_voxels() < most * blend_runs * math.prod(blend.tile)
+
+
+def test_default_crop_run_computes_what_the_grid_says(tmp_path, rng):
+    x = rng.normal(0, 1, (300, 260)).astype(np.float32)
+    model = LocalConv(2, multiple=4)
+    model.metadata = {"tile": [64, 64]}
+    out = nu.predict(model, x, tmp_path / "o.zarr", mode="logits", normalize=(0, 100),
+                     batch_size=2, chunk_shape=(32, 32), device="cpu")
+    from napari_unet.inference.engine import plan_shapes, resolve_model
+
+    grid, _, _ = plan_shapes(x.shape, resolve_model(model),
+                             nu.PredictConfig(batch_size=2, chunk_shape=(32, 32)))
+    assert model.voxels == grid.computed_voxels()  # every tile ran exactly once
+    whole = nu.predict(model, x, mode="logits", tile=x.shape, normalize=(0, 100),
+                       device="cpu")
+    np.testing.assert_allclose(out[:], whole, rtol=0, atol=1e-5)

@@ -2,8 +2,18 @@
 
 There is one global tile grid per volume: tile origins depend only on the volume shape, the
 tile size and the overlap -- never on how the volume is cut into blocks.  A block (the unit of
-work that is read, predicted and written) gathers every tile that touches it, so each output
-voxel always blends the same tiles with the same weights, whatever the block size.
+work that is read, predicted and written) gathers every tile that writes into it, so each output
+voxel always gets the same tiles with the same weights, whatever the block size.
+
+Two kinds of grid:
+
+* blending grids (``"gaussian"``, ``"constant"``): every tile writes its whole extent, and
+  overlapping tiles are averaged with weights.  A tile that straddles a block border is
+  computed by every block it touches.
+* crop grids (``"crop"``): the volume is cut into cells; each tile is a cell plus a halo of
+  context on every side (clamped at the volume's edges) and writes only its cell.  Blocks made
+  of whole cells compute every tile exactly once, and every written voxel has at least the halo
+  of context around it.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ __all__ = [
     "round_up",
     "effective_tile",
     "fit_tile",
+    "fit_cells",
+    "cell_spans",
     "overlap_voxels",
     "tile_origins",
     "TileGrid",
@@ -109,6 +121,86 @@ def fit_tile(
     return tuple(best)
 
 
+def cell_spans(
+    size: int, tile: int, cell: int
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Tile starts and the span each tile writes along one axis of a crop grid.
+
+    Cell ``i`` is ``[i * cell, (i + 1) * cell)``; its tile starts ``(tile - cell) // 2``
+    before it, clamped into the volume, so the cell has at least that much context on each
+    side (or the volume's edge).  Consecutive cells whose tiles clamp to the same start share
+    one tile.
+    """
+    if tile >= size:
+        return (0,), ((0, size),)
+    if not 1 <= cell <= tile:
+        raise ValueError(f"cell {cell} must be between 1 and the tile {tile}")
+    halo = (tile - cell) // 2
+    origins: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for i in range(math.ceil(size / cell)):
+        o = min(max(0, i * cell - halo), size - tile)
+        lo, hi = i * cell, min((i + 1) * cell, size)
+        if origins and origins[-1] == o:
+            spans[-1] = (spans[-1][0], hi)
+        else:
+            origins.append(o)
+            spans.append((lo, hi))
+    return tuple(origins), tuple(spans)
+
+
+def fit_cells(
+    shape: Sequence[int],
+    overlap: Sequence[int],
+    multiple: Sequence[int],
+    unit: Sequence[int],
+    max_voxels: float,
+    divides: Sequence[int] | None = None,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Cell and tile per axis of a crop grid that compute the fewest voxels.
+
+    Cells are multiples of ``unit`` (the output chunk, so that blocks of whole cells are
+    chunk-aligned) and, when ``divides`` is given, divisors of it (a user's block).  A tile is
+    its cell plus at least ``overlap`` voxels (half on each side), rounded up to a size the
+    network takes, and holds at most ``max_voxels``.  Depends only on its arguments, so every
+    block of a volume, and a resumed run, uses the same grid.
+    """
+    options = []
+    for k, (s, ov, m, u) in enumerate(zip(shape, overlap, multiple, unit, strict=True)):
+        sizes: dict[int, tuple[int, int]] = {}  # tile -> (voxels computed along the axis, cell)
+        for cell in range(u, max(s, u) + u, u):
+            if divides is not None and divides[k] % cell:
+                continue
+            tile = round_up(cell + ov, m)
+            if tile >= s:  # one tile covers the axis: so does one cell, where it may
+                tile = round_up(s, m)
+                computed = tile
+                whole = round_up(s, u)
+                if divides is None or divides[k] % whole == 0:
+                    cell = whole
+            else:
+                computed = len(cell_spans(s, tile, cell)[0]) * tile
+            if tile not in sizes or computed < sizes[tile][0]:
+                sizes[tile] = (computed, cell)
+        if not sizes:
+            raise ValueError(f"no cell that is a multiple of {u} divides {divides[k]}")
+        options.append(sorted((t, c, n) for t, (n, c) in sizes.items()))
+    # A tile larger than the budget allows next to the smallest tiles of the other axes can
+    # never be chosen; dropping it keeps the search small for large volumes.
+    smallest = [opts[0][0] for opts in options]
+    for k, opts in enumerate(options):
+        limit = max_voxels / math.prod(t for j, t in enumerate(smallest) if j != k)
+        options[k] = [o for o in opts if o[0] <= limit] or opts[:1]
+    best, best_key = None, None
+    for combo in itertools.product(*options):
+        voxels = math.prod(t for t, _, _ in combo)
+        key = (voxels > max_voxels, math.prod(n for _, _, n in combo), voxels)
+        if best_key is None or key < best_key:
+            best, best_key = combo, key
+    assert best is not None
+    return tuple(c for _, c, _ in best), tuple(t for t, _, _ in best)
+
+
 @dataclasses.dataclass(frozen=True)
 class TileGrid:
     """The global tile grid of one volume.
@@ -123,12 +215,22 @@ class TileGrid:
         Overlap of neighbouring tiles in voxels.
     origins : tuple of tuple of int
         Tile starts per axis.
+    spans : tuple of tuple of (int, int)
+        Per axis and tile, the interval of the volume the tile writes: its whole in-volume
+        extent on a blending grid, its cell(s) on a crop grid.
+    crop : bool
+        Whether tiles write only their cells (no blending).
+    cell : tuple of int, optional
+        Cell size per axis of a crop grid.
     """
 
     shape: tuple[int, ...]
     tile: tuple[int, ...]
     overlap: tuple[int, ...]
     origins: tuple[tuple[int, ...], ...]
+    spans: tuple[tuple[tuple[int, int], ...], ...]
+    crop: bool = False
+    cell: tuple[int, ...] | None = None
 
     @classmethod
     def build(
@@ -142,7 +244,27 @@ class TileGrid:
         eff = effective_tile(shape, tile, multiple)
         ov = overlap_voxels(eff, overlap)
         origins = tuple(tile_origins(s, t, o) for s, t, o in zip(shape, eff, ov, strict=True))
-        return cls(shape, eff, ov, origins)
+        spans = tuple(tuple((o, min(o + t, s)) for o in axis)
+                      for axis, t, s in zip(origins, eff, shape, strict=True))
+        return cls(shape, eff, ov, origins, spans)
+
+    @classmethod
+    def build_crop(
+        cls,
+        shape: Sequence[int],
+        tile: Sequence[int],
+        cell: Sequence[int],
+        multiple: Sequence[int],
+    ) -> TileGrid:
+        """A crop grid: cells of ``cell`` voxels, each written by a tile of ``tile`` voxels."""
+        shape = tuple(int(s) for s in shape)
+        eff = effective_tile(shape, tile, multiple)
+        cell = tuple(max(1, int(c)) for c in cell)
+        axes = [cell_spans(s, t, c) for s, t, c in zip(shape, eff, cell, strict=True)]
+        origins = tuple(a[0] for a in axes)
+        spans = tuple(a[1] for a in axes)
+        ov = tuple(t - c if t < s else 0 for t, c, s in zip(eff, cell, shape, strict=True))
+        return cls(shape, eff, ov, origins, spans, crop=True, cell=cell)
 
     @property
     def valid(self) -> tuple[int, ...]:
@@ -153,12 +275,28 @@ class TileGrid:
     def n_tiles(self) -> int:
         return math.prod(len(o) for o in self.origins)
 
+    def computed_voxels(self) -> int:
+        """Voxels the network computes for the whole volume when no tile runs twice."""
+        return math.prod(len(o) * t for o, t in zip(self.origins, self.tile, strict=True))
+
     def tiles_touching(self, region: Sequence[slice]) -> list[tuple[int, ...]]:
-        """Origins of all tiles whose in-volume extent intersects ``region``."""
+        """Origins of all tiles that write into ``region``."""
+        return [origin for origin, _ in self.pieces(region)]
+
+    def pieces(
+        self, region: Sequence[slice]
+    ) -> list[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]]:
+        """``(origin, span)`` of every tile that writes into ``region``, where ``span`` is
+        the part of ``region`` it writes, per axis as ``(start, stop)`` in volume voxels."""
         per_axis = []
-        for sl, origins, v in zip(region, self.origins, self.valid, strict=True):
-            per_axis.append([o for o in origins if o < sl.stop and o + v > sl.start])
-        return list(itertools.product(*per_axis))
+        for sl, origins, spans in zip(region, self.origins, self.spans, strict=True):
+            per_axis.append([
+                (o, (max(a, sl.start), min(b, sl.stop)))
+                for o, (a, b) in zip(origins, spans, strict=True)
+                if a < sl.stop and b > sl.start
+            ])
+        return [(tuple(o for o, _ in combo), tuple(sp for _, sp in combo))
+                for combo in itertools.product(*per_axis)]
 
     def input_region(self, tiles: Sequence[Sequence[int]]) -> tuple[slice, ...]:
         """Smallest region of the volume holding the in-volume part of ``tiles``."""
@@ -167,13 +305,23 @@ class TileGrid:
         return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
-def block_regions(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[slice, ...]]:
-    """Regions of a regular block grid anchored at 0, in C order; edge blocks are clipped."""
-    ranges = [range(0, s, b) for s, b in zip(shape, block, strict=True)]
-    for starts in itertools.product(*ranges):
-        yield tuple(
-            slice(a, min(a + b, s)) for a, b, s in zip(starts, block, shape, strict=True)
-        )
+def block_regions(
+    shape: Sequence[int], block: Sequence[int], grid: TileGrid | None = None
+) -> Iterator[tuple[slice, ...]]:
+    """Regions of a block grid anchored at 0, in C order; edge blocks are clipped.
+
+    Along an axis where ``grid`` is a crop grid and ``block`` a whole number of its cells, a
+    block holds that many tiles' spans, so no tile is computed by two blocks (where the last
+    tile writes more than one cell, the last block grows to take all of them).
+    """
+    per_axis = []
+    for k, (s, b) in enumerate(zip(shape, block, strict=True)):
+        if grid is not None and grid.crop and grid.cell and b % grid.cell[k] == 0:
+            starts = [a for a, _ in grid.spans[k]][:: b // grid.cell[k]]
+        else:
+            starts = list(range(0, s, b))
+        per_axis.append([slice(a, e) for a, e in zip(starts, [*starts[1:], s], strict=True)])
+    yield from itertools.product(*per_axis)
 
 
 def blending_weights(

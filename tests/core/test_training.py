@@ -52,6 +52,36 @@ def test_losses_ignore_unlabelled_voxels():
     assert soft_dice_loss(perfect, torch.ones(1, 4, 4, dtype=torch.long)) < 1e-3
 
 
+def _reference_ce_dice(logits, target, weight):
+    """CE + soft Dice written out with a one-hot tensor (the textbook form)."""
+    import torch.nn.functional as F
+
+    valid = (target != IGNORE).unsqueeze(1).float()
+    probs = torch.softmax(logits, 1) * valid
+    onehot = F.one_hot(target.clamp_min(0), logits.shape[1]).movedim(-1, 1).float() * valid
+    dims = (0, *range(2, logits.ndim))
+    dice = (2 * (probs * onehot).sum(dims) + 1) / (probs.sum(dims) + onehot.sum(dims) + 1)
+    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
+    return ce + 1 - dice[1:].mean()
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 9), (2, 4, 4, 6, 5)])
+def test_fused_ce_dice_equals_the_textbook_form(shape, ignore):
+    torch.manual_seed(0)
+    logits = torch.randn(*shape, requires_grad=True)
+    target = torch.randint(0, shape[1], (shape[0], *shape[2:]))
+    if ignore:
+        target[:, :2] = IGNORE
+    weight = torch.linspace(1.0, 2.0, shape[1])
+    ours = make_loss("ce_dice", binary=False, class_weights=weight)(logits, target)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    ref = _reference_ce_dice(logits, target, weight)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert torch.allclose(g_ours, g_ref, atol=1e-7)
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_augmentation_keeps_image_and_labels_aligned(dims, rng):
     shape = (48, 48) if dims == 2 else (24, 40, 40)

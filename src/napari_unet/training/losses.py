@@ -14,40 +14,68 @@ from .targets import IGNORE
 __all__ = ["make_loss", "soft_dice_loss", "dice_score"]
 
 
-def _probs_and_onehot(logits: torch.Tensor, target: torch.Tensor):
-    valid = (target != IGNORE).unsqueeze(1).float()
+def _class_dice(probs: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+    """Soft Dice per class from probabilities ``(N, C, ...)``, ignoring IGNORE voxels.
+
+    The intersection sums each voxel's probability of its own class, by class (a gather and
+    an index_add instead of a one-hot tensor the size of the output: cheaper, same value).
+    """
+    n_classes = probs.shape[1]
+    dims = (0, *range(2, probs.ndim))
     safe = target.clamp_min(0)
-    if logits.shape[1] == 1:
-        probs = torch.sigmoid(logits)
-        onehot = safe.unsqueeze(1).float()
-    else:
-        probs = torch.softmax(logits, dim=1)
-        onehot = F.one_hot(safe, logits.shape[1]).movedim(-1, 1).float()
-    return probs * valid, onehot * valid
+    p_true = probs.gather(1, safe.unsqueeze(1))[:, 0]
+    valid = target != IGNORE
+    if bool(valid.all()):
+        p_sum = probs.sum(dims)
+        flat = safe.reshape(-1)
+    else:  # ignored voxels count nowhere: not in the sums, not as any class
+        p_true = p_true * valid
+        p_sum = (probs * valid.unsqueeze(1)).sum(dims)
+        flat = torch.where(valid, safe, n_classes).reshape(-1)
+    counts = torch.bincount(flat, minlength=n_classes + 1)[:n_classes].to(probs.dtype)
+    inter = torch.zeros(n_classes + 1, dtype=probs.dtype, device=probs.device)
+    inter = inter.index_add(0, flat, p_true.reshape(-1))[:n_classes]
+    return (2 * inter + eps) / (p_sum + counts + eps)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - soft Dice over the batch; for multi-class models averaged over foreground classes."""
-    probs, onehot = _probs_and_onehot(logits.float(), target)
-    dims = (0, *range(2, probs.ndim))
-    inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
-    dice = (2 * inter + eps) / (denom + eps)
-    if dice.numel() > 1:
-        dice = dice[1:]  # background Dice is large and uninformative
-    return 1.0 - dice.mean()
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return 1.0 - _binary_dice(torch.sigmoid(logits[:, 0]), target, eps)
+    return 1.0 - _class_dice(torch.softmax(logits, dim=1), target, eps)[1:].mean()
+
+
+def _binary_dice(probs: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+    y = target.clamp_min(0).to(probs.dtype)
+    valid = target != IGNORE
+    if not bool(valid.all()):
+        probs, y = probs * valid, y * valid
+    return (2 * (probs * y).sum() + eps) / (probs.sum() + y.sum() + eps)
 
 
 def _bce(logits, target, weight=None):
     valid = target != IGNORE
     if not valid.any():
         return logits.sum() * 0.0
-    x = logits[:, 0][valid].float()
-    y = target[valid].float()
+    if bool(valid.all()):
+        x, y = logits[:, 0].float(), target.float()
+    else:
+        x, y = logits[:, 0][valid].float(), target[valid].float()
     pos_weight = None
     if weight is not None:
         pos_weight = (weight[1] / weight[0]).to(x.device)
     return F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight)
+
+
+def _ce_dice(logits, target, weight=None, eps: float = 1.0):
+    """Cross-entropy + soft Dice from one log-softmax (values as the two losses apart)."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    dice = 1.0 - _class_dice(logp.exp(), target, eps)[1:].mean()
+    if not (target != IGNORE).any():
+        return dice + logits.sum() * 0.0
+    w = weight.to(logits.device) if weight is not None else None
+    return F.nll_loss(logp, target, weight=w, ignore_index=IGNORE) + dice
 
 
 def _ce(logits, target, weight=None):
@@ -81,6 +109,8 @@ def make_loss(name: str, binary: bool, class_weights: torch.Tensor | None = None
     if name == "auto":
         name = "bce_dice" if binary else "ce_dice"
     xent = _bce if binary else _ce
+    if name in ("bce_dice", "ce_dice") and not binary:
+        return lambda lo, t: _ce_dice(lo, t, class_weights)
     if name in ("bce_dice", "ce_dice"):
         return lambda lo, t: xent(lo, t, class_weights) + soft_dice_loss(lo, t)
     if name == "dice":

@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -82,6 +83,17 @@ def _write_history(path: Path, history: Sequence[EpochEnd]) -> None:
         for e in history:
             w.writerow([getattr(e, f) for f in fields])
     os.replace(tmp, path)
+
+
+def _lower_priority() -> None:
+    """Run a patch thread below the training thread's priority (Linux: threads have their own
+    nice value).  On a few cores the patch threads otherwise preempt torch's intra-op threads
+    mid-operation and the others wait for them at the next barrier; at a lower priority they
+    fill the gaps instead.  Ignored where the OS does not allow it."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 def _batches(sampler: PatchSampler, config: TrainConfig, epoch: int, first_step: int,
@@ -282,7 +294,8 @@ def train_iter(
     )
     t0 = time.perf_counter()
     stopped = "finished"
-    pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nu-patches")
+    pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nu-patches",
+                                 initializer=_lower_priority)
     try:
         for epoch in range(start_epoch, config.epochs):
             if epoch != start_epoch or start_step == 0:

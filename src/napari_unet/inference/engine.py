@@ -448,7 +448,6 @@ def predict_iter(
                   "axes": layout.axes, "to_gray": layout.to_gray},
         "normalization": norm_record,
         "tile": list(grid.tile), "overlap": list(grid.overlap), "blending": config.blending,
-        "cell": list(grid.cell) if grid.cell else None,
         "sigma_scale": config.sigma_scale, "mode": config.mode,
         "threshold": config.threshold, "probability_dtype": config.probability_dtype,
         "block": list(block), "chunk": list(chunk), "precision": precision,
@@ -457,6 +456,8 @@ def predict_iter(
         "min_size": config.min_size if config.mode == "instances" else None,
         "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
     }
+    if grid.crop:  # (blending jobs keep the fingerprint of earlier versions: they resume)
+        job["cell"] = list(grid.cell or ())
     model_blob = None
     if client is not None:
         from ..model.checkpoint import model_to_bytes

@@ -104,6 +104,29 @@ def test_existing_output_is_refused_unless_overwrite(model3d, tmp_path, rng):
     assert (folder / "keep.txt").read_text() == "precious"
 
 
+def test_store_interrupted_while_being_created_is_replaced(model3d, tmp_path, rng, monkeypatch):
+    from napari_unet.inference.store import OutputStore
+
+    x = rng.random((8, 16, 16)).astype(np.float32)
+    calls = {"n": 0}
+    real = zarr.Group.create_array
+
+    def crash_on_second_array(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the run is stopped while the store is being made
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.Group, "create_array", crash_on_second_array)
+    with pytest.raises(KeyboardInterrupt):
+        nu.predict(model3d, x, tmp_path / "o.zarr", mode="instances", device="cpu")
+    monkeypatch.undo()
+    assert OutputStore._existing_record(tmp_path / "o.zarr") == {"format": 1, "creating": True}
+    # The next run (another job, even) replaces it without asking for overwrite.
+    out = nu.predict(model3d, x, tmp_path / "o.zarr", mode="semantic", device="cpu")
+    assert out.shape == (8, 16, 16)
+
+
 def test_output_cannot_replace_input(model3d, tmp_path, rng):
     z = zarr.create_array(str(tmp_path / "in.zarr"), shape=(8, 16, 16), dtype="f4")
     z[:] = rng.random((8, 16, 16))

@@ -110,6 +110,8 @@ class OutputStore:
             existing = cls._existing_record(path)
             if existing is not None and existing.get("fingerprint") == fp:
                 return cls(zarr.open_group(str(path), mode="r+"), resumed=True)
+            if existing is not None and existing.get("creating"):
+                overwrite = True  # ours, interrupted while being created: it holds no results
             if not overwrite:
                 why = (
                     "it holds the result of a different job (other model, input or settings)"
@@ -149,6 +151,9 @@ class OutputStore:
         n_blocks: int,
         n_frames: int,
     ) -> OutputStore:
+        # Marks the store as napari-unet's from the start, so a run interrupted before the
+        # record below is written leaves a store that the next run may simply replace.
+        group.attrs[RESULT_ATTR] = {"format": STORE_FORMAT, "creating": True}
         for name, spec in arrays.items():
             group.create_array(name, fill_value=0, **spec)
         # One raw byte per chunk: a marker is either fully there or absent.

@@ -255,3 +255,18 @@ def test_gui_stays_responsive_while_working(make_napari_viewer, qtbot, tmp_path,
         f"GUI event loop stalled: {delivered:.0%} of the timer ticks delivered, longest gap "
         f"{longest:.0%} of {total:.1f} s")
     assert _workers.Job  # the one place threads start
+
+
+def test_probability_layer_shows_foreground_lazily(tmp_path):
+    probs = np.zeros((2, 3, 4, 5), dtype=np.float32)  # (Z, C, Y, X): 2D model over a stack
+    probs[:, 0] = 0.25  # background
+    probs[:, 1] = 0.5  # interior
+    probs[:, 2] = 0.25  # boundary
+    store = zarr.create_array(str(tmp_path / "p.zarr"), shape=probs.shape, chunks=(1, 3, 4, 5),
+                              dtype="float32")
+    store[:] = probs
+    fg = SegmentWidget._foreground(store, spatial_dims=2)
+    assert fg.shape == (2, 4, 5) and hasattr(fg, "dask")  # nothing read yet
+    np.testing.assert_allclose(np.asarray(fg), 0.75)  # 1 - P(background), not P(boundary)
+    one = SegmentWidget._foreground(np.full((1, 4, 5), 0.8, np.float32), spatial_dims=2)
+    np.testing.assert_allclose(np.asarray(one), 0.8)  # binary model: its one channel

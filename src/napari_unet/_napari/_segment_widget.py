@@ -261,9 +261,17 @@ class SegmentWidget(Container):
 
     @staticmethod
     def _foreground(probabilities: Any, spatial_dims: int) -> Any:
-        """The last class's probability (foreground) of a ``(*lead, C, *spatial)`` array."""
-        c_axis = probabilities.ndim - spatial_dims - 1
-        return probabilities[(slice(None),) * c_axis + (-1,)]
+        """Foreground probability of a ``(*lead, C, *spatial)`` array, lazily (the array may
+        be a store larger than memory): the one channel of a binary model, else 1 - P(class
+        0) -- for a background / interior / boundary model the last class is the boundary,
+        not the object."""
+        import dask.array as da
+
+        arr = probabilities if isinstance(probabilities, da.Array) else da.from_array(
+            probabilities, chunks=getattr(probabilities, "chunks", "auto"))
+        c_axis = arr.ndim - spatial_dims - 1
+        first = arr[(slice(None),) * c_axis + (0,)]
+        return first if arr.shape[c_axis] == 1 else 1 - first
 
     def _live_layer(self, output: Path, name: str, geometry: dict[str, Any],
                     spatial_dims: int) -> Any:

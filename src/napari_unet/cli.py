@@ -294,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["probabilities", "semantic", "instances", "logits"])
     p.add_argument("--tile", type=_ints, help="network input size, e.g. 128,128,128")
     p.add_argument("--overlap", type=_overlap, help="fraction (0.25) or voxels (16,32,32)")
-    p.add_argument("--blending", choices=list(BLENDINGS))
+    p.add_argument("--blending", choices=list(BLENDINGS),
+                   help="crop (default: each tile writes its cell, no tile runs twice), or "
+                        "gaussian / constant averaging of overlapping tiles")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--block", type=_ints, help="block (unit of work) shape")
     p.add_argument("--chunk", type=_ints, help="output chunk shape")

@@ -217,9 +217,12 @@ class PredictConfig(_Config):
         model output.
     tile : tuple of int, optional
         Network input size per spatial axis.  Rounded up to a valid size for the model and
-        clipped to the image; default: the model's recommended tile.
+        clipped to the image; default: fitted to the image from the model's recommended tile
+        (see ``blending``).
     overlap : float or tuple of int
         Overlap of neighbouring tiles, as a fraction of the tile (0 <= f < 1) or in voxels.
+        With crop stitching and no explicit ``tile``, a fraction is of the model's recommended
+        tile.
     blending : {"crop", "gaussian", "constant"}
         How overlapping tiles make one output.  "crop": the volume is cut into cells and each
         tile, a cell plus half the overlap of context on every side, writes only its cell --

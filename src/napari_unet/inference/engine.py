@@ -169,9 +169,8 @@ def plan_shapes(
             # The context a tile needs is the model's, set by its recommended tile; a larger
             # tile keeps that overlap in voxels and wastes a smaller share of its work.
             ov = overlap_voxels(recommended, overlap)
-            budget = TILE_GROWTH * config.batch_size * math.prod(recommended)
-            cell, tile = fit_cells(spatial_shape, ov, spec.size_multiple, chunk, budget,
-                                   divides=block)
+            cell, tile = fit_cells(spatial_shape, ov, spec.size_multiple, chunk,
+                                   _voxel_budget(spec, config), divides=block)
         else:
             eff = effective_tile(spatial_shape, tile, spec.size_multiple)
             cell = tuple(max(1, t - o) for t, o in zip(eff, overlap_voxels(eff, overlap),
@@ -180,24 +179,31 @@ def plan_shapes(
         if block is None and all(c % ch == 0 for c, ch in zip(cell, chunk, strict=True)):
             block = _crop_block(grid, spatial_shape, tiles_per_batch(grid, spec, config))
         elif block is None:  # cells that chunks cannot follow: a few cells per block
-            k = 4 if sd == 2 else 3
-            block = tuple(round_up(max(k * c, ch), ch)
-                          for c, ch in zip(cell, chunk, strict=True))
+            block = _few_per_block(cell, chunk)
     else:
         if tile is None:  # the model's recommended tile, grown where that computes less
             tile = fit_tile(spatial_shape, recommended, overlap, spec.size_multiple,
                             TILE_GROWTH)
         grid = TileGrid.build(spatial_shape, tile, overlap, spec.size_multiple)
         if block is None:
-            # A tile that straddles a block border is computed by both blocks, so larger
-            # blocks waste less: 4 tiles per axis in 2D, 3 in 3D (memory stays set by the
-            # block).
-            k = 4 if sd == 2 else 3
-            block = tuple(round_up(max(k * t, c), c)
-                          for t, c in zip(grid.tile, chunk, strict=True))
+            block = _few_per_block(grid.tile, chunk)
     block = tuple(min(b, round_up(s, c)) for b, s, c in zip(block, spatial_shape, chunk,
                                                              strict=True))
     return grid, block, chunk
+
+
+def _few_per_block(sizes: tuple[int, ...], chunk: tuple[int, ...]) -> tuple[int, ...]:
+    """A block of 4 (2D) or 3 (3D) tiles or cells per axis, in whole chunks.  A tile that
+    straddles a block border is computed by both blocks, so larger blocks waste less (memory
+    stays set by the block)."""
+    k = 4 if len(sizes) == 2 else 3
+    return tuple(round_up(max(k * t, c), c) for t, c in zip(sizes, chunk, strict=True))
+
+
+def _voxel_budget(spec: ModelSpec, config: PredictConfig) -> float:
+    """Most voxels one forward pass holds by default: ``TILE_GROWTH * batch_size``
+    recommended tiles."""
+    return TILE_GROWTH * config.batch_size * math.prod(recommended_tile(spec))
 
 
 def recommended_tile(spec: ModelSpec) -> tuple[int, ...]:
@@ -222,8 +228,7 @@ def tiles_per_batch(grid: TileGrid, spec: ModelSpec, config: PredictConfig) -> i
     """
     if not grid.crop or config.tile is not None:
         return config.batch_size
-    budget = TILE_GROWTH * config.batch_size * math.prod(recommended_tile(spec))
-    return max(1, int(budget // math.prod(grid.tile)))
+    return max(1, int(_voxel_budget(spec, config) // math.prod(grid.tile)))
 
 
 def _crop_block(grid: TileGrid, shape: tuple[int, ...], batch: int) -> tuple[int, ...]:

@@ -218,10 +218,8 @@ class TileGrid:
     spans : tuple of tuple of (int, int)
         Per axis and tile, the interval of the volume the tile writes: its whole in-volume
         extent on a blending grid, its cell(s) on a crop grid.
-    crop : bool
-        Whether tiles write only their cells (no blending).
     cell : tuple of int, optional
-        Cell size per axis of a crop grid.
+        Cell size per axis of a crop grid (None on a blending grid).
     """
 
     shape: tuple[int, ...]
@@ -229,8 +227,12 @@ class TileGrid:
     overlap: tuple[int, ...]
     origins: tuple[tuple[int, ...], ...]
     spans: tuple[tuple[tuple[int, int], ...], ...]
-    crop: bool = False
     cell: tuple[int, ...] | None = None
+
+    @property
+    def crop(self) -> bool:
+        """Whether tiles write only their cells (no blending)."""
+        return self.cell is not None
 
     @classmethod
     def build(
@@ -264,7 +266,7 @@ class TileGrid:
         origins = tuple(a[0] for a in axes)
         spans = tuple(a[1] for a in axes)
         ov = tuple(t - c if t < s else 0 for t, c, s in zip(eff, cell, shape, strict=True))
-        return cls(shape, eff, ov, origins, spans, crop=True, cell=cell)
+        return cls(shape, eff, ov, origins, spans, cell=cell)
 
     @property
     def valid(self) -> tuple[int, ...]:

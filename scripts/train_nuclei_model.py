@@ -79,6 +79,28 @@ def load_split(root: Path, split: str) -> tuple[list[str], list[np.ndarray], lis
     return stems, images, labels
 
 
+def add_contact_class(init: str, run: Path) -> str:
+    """A 3-class model (background / interior / boundary) widened by the contact class.
+
+    The contact channel starts as a copy of the boundary channel, so fine-tuning begins from
+    the old model's predictions.
+    """
+    import torch
+
+    old = nu.load_model(init)
+    if old.config.out_channels != 3:
+        return init
+    new = nu.UNet(old.config.replace(out_channels=4))
+    state = old.state_dict()
+    for key in ("head.weight", "head.bias"):
+        state[key] = torch.cat([state[key], state[key][2:3]])
+    new.load_state_dict(state)
+    meta = {k: v for k, v in old.metadata.items()
+            if k not in ("spatial_dims", "napari_unet_version", "model")}
+    run.mkdir(parents=True, exist_ok=True)
+    return str(nu.save_model(new, run / "init_contact.safetensors", **meta))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/dsb2018", type=Path)
@@ -89,6 +111,8 @@ def main() -> None:
     parser.add_argument("--init", help="start from this model (fine-tuning)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the config's)")
     parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    parser.add_argument("--plateau-patience", type=int,
+                        help="epochs without progress before the learning rate is halved")
     parser.add_argument("--invert", choices=["never", "always", "auto"],
                         help="intensity inversion (default: the config's, auto)")
     parser.add_argument("--patch", type=int, help="square patch size (default: the config's)")
@@ -101,7 +125,10 @@ def main() -> None:
     args = parser.parse_args()
 
     global CONFIG
+    if args.init:
+        args.init = add_contact_class(args.init, args.run)
     given = {"init_model": args.init, "lr": args.lr, "patience": args.patience,
+             "plateau_patience": args.plateau_patience,
              "invert": args.invert, "pair_sampling": args.pair_sampling,
              "patch_size": (args.patch, args.patch) if args.patch else None,
              "batch_size": args.batch_size}

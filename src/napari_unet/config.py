@@ -370,8 +370,9 @@ class TrainConfig(_Config):
         Architecture; ``in_channels`` and ``out_channels`` are filled in from the data and
         the label mode when training starts.
     label_mode : {"instances", "classes", "scribbles"}
-        ``instances``: dense instance ids, trained as background / interior / boundary so
-        touching objects separate.  ``classes``: dense class ids (0 = background).
+        ``instances``: dense instance ids, trained as background / interior / boundary /
+        contact (boundary next to another object) so touching objects separate.
+        ``classes``: dense class ids (0 = background).
         ``scribbles``: sparse strokes, 0 = unlabelled (ignored), k >= 1 = class k-1.
     patch_size : tuple of int
         Training patch per spatial axis; a multiple of the model's pooling product.

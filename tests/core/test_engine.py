@@ -343,3 +343,46 @@ def test_default_crop_run_computes_what_the_grid_says(tmp_path, rng):
     whole = nu.predict(model, x, mode="logits", tile=x.shape, normalize=(0, 100),
                        device="cpu")
     np.testing.assert_allclose(out[:], whole, rtol=0, atol=1e-5)
+
+
+def test_batch_that_fits_free_memory():
+    from napari_unet.inference.device import CPU_BATCH, batch_that_fits, measure_batch_size
+
+    gib = 1 << 30
+    assert batch_that_fits(10 * gib, gib) == 4  # 60 % of 10 GiB holds 6 tiles -> 4
+    assert batch_that_fits(80 * gib, gib) == 32
+    assert batch_that_fits(80 * gib, 0.1 * gib) == 64  # capped
+    assert batch_that_fits(gib, 4 * gib) == 1  # even one tile may not fit: OOM handling
+    assert measure_batch_size(tiny_unet(2), (64, 64), 1, torch.device("cpu"), "fp32") == (
+        CPU_BATCH)
+
+
+def test_automatic_batch_resumes_a_store_planned_with_another(tmp_path, rng):
+    """A run with batch_size="auto" resumes a store of the same job that was planned with
+    another batch size (another GPU's free memory), instead of refusing the output."""
+    x = rng.normal(0, 1, (320, 320)).astype(np.float32)
+    model = tiny_unet(2)
+    model.metadata = {"tile": [64, 64]}  # small default tiles, so the batch changes the plan
+    opts = dict(mode="probabilities", device="cpu")
+    grids = [nu.inference.engine.plan_shapes(x.shape, nu.inference.engine.resolve_model(model),
+                                             nu.PredictConfig(batch_size=b)) for b in (4, 16)]
+    assert grids[0][0].tile != grids[1][0].tile  # the batch size sets the default tile
+    calls = {"n": 0}
+
+    def cancel_after_one():
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    events = []
+    with pytest.raises(Cancelled):
+        nu.predict(model, x, tmp_path / "part.zarr", batch_size=16, cancel=cancel_after_one,
+                   progress=events.append, **opts)
+    written = [e for e in events if isinstance(e, BlockDone)]
+    events.clear()
+    resumed = nu.predict(model, x, tmp_path / "part.zarr", progress=events.append, **opts)
+    skipped = [e for e in events if isinstance(e, BlockDone) and e.skipped]
+    assert 0 < len(skipped) == len(written)
+    full = nu.predict(model, x, batch_size=16, **opts)
+    np.testing.assert_array_equal(resumed[:], full)
+    with pytest.raises(nu.inference.store.OutputExistsError, match="different job"):
+        nu.predict(model, x, tmp_path / "part.zarr", batch_size=4, **opts)  # explicit: no

@@ -75,7 +75,10 @@ class SegmentWidget(Container):
         self.tile = LineEdit(label="tile", value="auto",
                              tooltip="network input per axis, e.g. 512,512 or 64,128,128")
         self.overlap = FloatSpinBox(label="overlap", value=0.25, min=0.0, max=0.9, step=0.05)
-        self.batch_size = SpinBox(label="batch size", value=4, min=1, max=256)
+        self.batch_size = SpinBox(
+            label="batch size", value=0, min=0, max=256,
+            tooltip="tiles per forward pass; 0 = auto (what fits the GPU's free memory, 4 on "
+                    "the CPU)")
         self.device = ComboBox(label="device", value="auto",
                                choices=["auto", "cpu", "cuda", "mps"])
         self.precision = ComboBox(label="precision", value="auto",
@@ -151,7 +154,7 @@ class SegmentWidget(Container):
                 "slice' or choose a 3D model")
         return PredictConfig(
             mode=self.mode.value, tile=_parse_ints(self.tile.value),
-            overlap=float(self.overlap.value), batch_size=int(self.batch_size.value),
+            overlap=float(self.overlap.value), batch_size=int(self.batch_size.value) or "auto",
             device=self.device.value, precision=self.precision.value, axes=axes,
             overwrite=bool(self.overwrite.value),
         )

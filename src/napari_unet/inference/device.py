@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["select_device", "select_precision", "autocast", "release_memory", "memory_format"]
+__all__ = ["select_device", "select_precision", "autocast", "release_memory", "memory_format",
+           "batch_that_fits", "measure_batch_size", "CPU_BATCH"]
+
+# Tiles per forward pass where there is no device memory to fit (CPU, MPS): larger batches
+# gain nothing on a CPU and cost memory.
+CPU_BATCH = 4
 
 
 def memory_format(spatial_dims: int) -> torch.memory_format:
@@ -83,3 +88,38 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+def batch_that_fits(free_bytes: float, per_tile_bytes: float, fraction: float = 0.6,
+                    cap: int = 64) -> int:
+    """Tiles per forward pass that fit ``fraction`` of the free memory: a power of two (so a
+    resumed run on the same GPU, with a little more or less free memory, plans the same
+    tiles), at least 1 and at most ``cap``."""
+    n = int(fraction * free_bytes // max(per_tile_bytes, 1.0))
+    if n < 1:
+        return 1
+    return min(1 << (n.bit_length() - 1), cap)
+
+
+def measure_batch_size(module: torch.nn.Module, tile: tuple[int, ...], in_channels: int,
+                       device: torch.device, precision: str) -> int:
+    """Tiles per forward pass for ``device``: on CUDA, measured -- the peak memory of a
+    forward pass of two tiles (inference mode, the run's precision and layout) against the
+    free memory; elsewhere :data:`CPU_BATCH`."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    module.to(device, memory_format=memory_format(len(tile))).eval()
+    release_memory(device)
+    torch.cuda.synchronize(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    x = torch.zeros((2, in_channels, *tile), device=device).contiguous(
+        memory_format=memory_format(len(tile)))
+    with torch.inference_mode(), autocast(device, precision):
+        module(x)
+    torch.cuda.synchronize(device)
+    per_tile = (torch.cuda.max_memory_allocated(device) - base) / 2
+    del x
+    release_memory(device)
+    return batch_that_fits(free, per_tile)

@@ -27,9 +27,17 @@ from ..config import PredictConfig
 from ..events import BlockDone, Cancelled, Notice, Progress, StageStarted
 from ..io import InputError, open_volume
 from ..normalize import DEFAULT_PERCENTILES, Normalization, percentile_normalization
-from .device import autocast, memory_format, release_memory, select_device, select_precision
+from .device import (
+    CPU_BATCH,
+    autocast,
+    measure_batch_size,
+    memory_format,
+    release_memory,
+    select_device,
+    select_precision,
+)
 from .layout import Layout, resolve_layout
-from .store import OutputStore
+from .store import OutputStore, fingerprint
 from .tiling import (
     TileGrid,
     blending_weights,
@@ -203,7 +211,12 @@ def _few_per_block(sizes: tuple[int, ...], chunk: tuple[int, ...]) -> tuple[int,
 def _voxel_budget(spec: ModelSpec, config: PredictConfig) -> float:
     """Most voxels one forward pass holds by default: ``TILE_GROWTH * batch_size``
     recommended tiles."""
-    return TILE_GROWTH * config.batch_size * math.prod(recommended_tile(spec))
+    return TILE_GROWTH * _batch(config) * math.prod(recommended_tile(spec))
+
+
+def _batch(config: PredictConfig) -> int:
+    """``config.batch_size``; "auto" not yet measured on a device counts as ``CPU_BATCH``."""
+    return CPU_BATCH if config.batch_size == "auto" else int(config.batch_size)
 
 
 def recommended_tile(spec: ModelSpec) -> tuple[int, ...]:
@@ -227,7 +240,7 @@ def tiles_per_batch(grid: TileGrid, spec: ModelSpec, config: PredictConfig) -> i
     recommended tiles.
     """
     if not grid.crop or config.tile is not None:
-        return config.batch_size
+        return _batch(config)
     return max(1, int(_voxel_budget(spec, config) // math.prod(grid.tile)))
 
 
@@ -379,6 +392,31 @@ class _BlockRunner:
         return acc if wsum is None else acc / wsum
 
 
+def _job(spec: ModelSpec, array: Any, source: str, layout: Any, norm_record: dict[str, Any],
+         plan: _Plan, config: PredictConfig, precision: str, label_mode: str | None,
+         boundary_width: int) -> dict[str, Any]:
+    """JSON description of a prediction job: everything that changes the numbers written or
+    where they go (its fingerprint decides whether an output store resumes)."""
+    grid = plan.grid
+    job = {
+        "model": spec.describe(),
+        "input": {"source": source, "shape": list(array.shape), "dtype": str(array.dtype),
+                  "axes": layout.axes, "to_gray": layout.to_gray},
+        "normalization": norm_record,
+        "tile": list(grid.tile), "overlap": list(grid.overlap), "blending": config.blending,
+        "sigma_scale": config.sigma_scale, "mode": config.mode,
+        "threshold": config.threshold, "probability_dtype": config.probability_dtype,
+        "block": list(plan.block), "chunk": list(plan.chunk), "precision": precision,
+        "tta": config.tta,
+        "label_mode": label_mode, "boundary_width": boundary_width,
+        "min_size": config.min_size if config.mode == "instances" else None,
+        "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
+    }
+    if grid.crop:  # (blending jobs keep the fingerprint of earlier versions: they resume)
+        job["cell"] = list(grid.cell or ())
+    return job
+
+
 def predict_iter(
     model: Any,
     image: Any,
@@ -432,37 +470,41 @@ def predict_iter(
     n_lead = len(layout.lead_axes)
     lead_shape = tuple(canonical.shape[:n_lead])
     spatial_shape = tuple(canonical.shape[n_lead + 1 :])
-    grid, block, chunk = plan_shapes(spatial_shape, spec, config)
-    plan = _Plan(layout, lead_shape, spatial_shape, grid, block, chunk)
     device = select_device(config.device)
     precision = select_precision(config.precision, device)
     label_mode = spec.metadata.get("label_mode")
     boundary_width = int(spec.metadata.get("boundary_width", 2))
+    auto_batch = config.batch_size == "auto"
+    if auto_batch and client is None:
+        config = config.replace(batch_size=measure_batch_size(
+            spec.module, recommended_tile(spec), spec.in_channels, device, precision))
 
     yield StageStarted("normalize", message="computing intensity percentiles")
     norm, norm_record = _normalization(canonical, n_lead, spec, config, source)
-
-    units = plan.units
     # Instance labelling runs per time point; z processed slice by slice is still one volume.
     frame_shape = lead_shape[: 1] if "T" in layout.lead_axes else ()
     n_frames = math.prod(frame_shape) if config.mode == "instances" else 0
+
+    def planned(config: PredictConfig) -> tuple[_Plan, dict[str, Any]]:
+        grid, block, chunk = plan_shapes(spatial_shape, spec, config)
+        plan = _Plan(layout, lead_shape, spatial_shape, grid, block, chunk)
+        return plan, _job(spec, array, source, layout, norm_record, plan, config, precision,
+                          label_mode, boundary_width)
+
+    plan, job = planned(config)
+    if auto_batch and output is not None:
+        # A store of the same job planned with another automatic batch size (more or less
+        # free GPU memory than last time) resumes with that run's plan.
+        stored = OutputStore.stored_fingerprint(output)
+        if stored is not None and stored != fingerprint(job):
+            for b in (1 << k for k in range(7)):
+                other = planned(config.replace(batch_size=b))
+                if fingerprint(other[1]) == stored:
+                    config = config.replace(batch_size=b)
+                    plan, job = other
+                    break
+    units = plan.units
     arrays, result_name = _array_specs(config, spec, plan)
-    job = {
-        "model": spec.describe(),
-        "input": {"source": source, "shape": list(array.shape), "dtype": str(array.dtype),
-                  "axes": layout.axes, "to_gray": layout.to_gray},
-        "normalization": norm_record,
-        "tile": list(grid.tile), "overlap": list(grid.overlap), "blending": config.blending,
-        "sigma_scale": config.sigma_scale, "mode": config.mode,
-        "threshold": config.threshold, "probability_dtype": config.probability_dtype,
-        "block": list(block), "chunk": list(chunk), "precision": precision,
-        "tta": config.tta,
-        "label_mode": label_mode, "boundary_width": boundary_width,
-        "min_size": config.min_size if config.mode == "instances" else None,
-        "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
-    }
-    if grid.crop:  # (blending jobs keep the fingerprint of earlier versions: they resume)
-        job["cell"] = list(grid.cell or ())
     model_blob = None
     if client is not None:
         from ..model.checkpoint import model_to_bytes

@@ -131,6 +131,13 @@ class OutputStore:
         group = zarr.open_group(str(path), mode="w")
         return cls._create(group, job, fp, arrays, result, n_blocks, n_frames)
 
+    @classmethod
+    def stored_fingerprint(cls, path: str | os.PathLike) -> str | None:
+        """Fingerprint of the job whose store is at ``path`` (None: no store of ours)."""
+        path = Path(path)
+        record = cls._existing_record(path) if _is_zarr_dir(path) else None
+        return None if record is None else record.get("fingerprint")
+
     @staticmethod
     def _existing_record(path: Path) -> dict[str, Any] | None:
         try:

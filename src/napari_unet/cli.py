@@ -67,9 +67,11 @@ class _Bar:
             tqdm.write(f"[{event.stage}] {event.message}")
         elif isinstance(event, (BlockDone, Progress)) and self.bar is not None:
             self.bar.n = event.done
-            if isinstance(event, Progress) and event.message:
-                self.bar.set_postfix_str(event.message, refresh=False)
+            if isinstance(event, Progress):
+                self.bar.set_postfix_str(event.message or "", refresh=False)
             self.bar.refresh()
+            if self.bar.total and event.done >= self.bar.total:
+                self.close()  # the stage is done: its bar keeps the stage's own time
         elif isinstance(event, EpochEnd):
             if event.epoch == 1 or self.bar is None:
                 tqdm.write(f"{'epoch':>6} {'train loss':>11} {'val loss':>9} {'val Dice':>9} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -20,6 +21,8 @@ __all__ = [
     "hausdorff",
     "InstanceScores",
     "match_instances",
+    "overlaps",
+    "Overlaps",
     "average_precision",
     "DEFAULT_THRESHOLDS",
 ]
@@ -114,20 +117,33 @@ class InstanceScores:
         return self.mean_matched_iou * self.tp / d if d else 1.0
 
 
-def _iou_matrix(pred: np.ndarray, truth: np.ndarray):
-    """IoU of every (truth id, pred id) pair that overlaps, from one joint histogram."""
+class Overlaps(NamedTuple):
+    """IoU of every overlapping (true, predicted) object pair, sparse."""
+
+    truth_ids: np.ndarray  # non-zero ids of the ground truth
+    pred_ids: np.ndarray  # non-zero ids of the prediction
+    rows: np.ndarray  # index into truth_ids, one per overlapping pair
+    cols: np.ndarray  # index into pred_ids
+    iou: np.ndarray
+
+
+def overlaps(pred, truth) -> Overlaps:
+    """Overlapping object pairs and their IoU, from one joint histogram of the pairs that
+    occur (a dense truth x prediction matrix needs GBs for images with 10^4 objects)."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
     p_ids, p_inv = np.unique(pred, return_inverse=True)
     t_ids, t_inv = np.unique(truth, return_inverse=True)
-    joint = np.zeros((len(t_ids), len(p_ids)), dtype=np.int64)
-    np.add.at(joint, (t_inv.ravel(), p_inv.ravel()), 1)
-    area_t = joint.sum(axis=1, keepdims=True)
-    area_p = joint.sum(axis=0, keepdims=True)
-    union = area_t + area_p - joint
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m = np.where(union > 0, joint / union, 0.0)
-    # Drop background rows / columns.
-    m = m[t_ids != 0][:, p_ids != 0]
-    return m, int((t_ids != 0).sum()), int((p_ids != 0).sum())
+    p_inv, t_inv = p_inv.ravel(), t_inv.ravel()
+    pairs, joint = np.unique(t_inv.astype(np.int64) * len(p_ids) + p_inv, return_counts=True)
+    rows, cols = np.divmod(pairs, len(p_ids))
+    keep = (t_ids[rows] != 0) & (p_ids[cols] != 0)
+    rows, cols, joint = rows[keep], cols[keep], joint[keep]
+    area_t = np.bincount(t_inv, minlength=len(t_ids))
+    area_p = np.bincount(p_inv, minlength=len(p_ids))
+    iou = joint / (area_t[rows] + area_p[cols] - joint)
+    t_nz, p_nz = t_ids != 0, p_ids != 0
+    return Overlaps(t_ids[t_nz], p_ids[p_nz], (np.cumsum(t_nz) - 1)[rows],
+                    (np.cumsum(p_nz) - 1)[cols], iou)
 
 
 def match_instances(
@@ -137,28 +153,32 @@ def match_instances(
 
     For thresholds >= 0.5 a match is unique without optimisation (two objects cannot both
     overlap a third by more than half); below 0.5 the Hungarian algorithm maximises the
-    total IoU.
+    total IoU (over the objects with a candidate pair only).
     """
     from scipy.optimize import linear_sum_assignment
 
     pred, truth = np.asarray(pred), np.asarray(truth)
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {truth.shape} differ in shape")
-    m, n_true, n_pred = _iou_matrix(pred, truth)
+    ov = overlaps(pred, truth)
+    n_true, n_pred = len(ov.truth_ids), len(ov.pred_ids)
     out = []
     for th in thresholds:
         if n_true == 0 or n_pred == 0:
             out.append(InstanceScores(float(th), 0, n_pred, n_true, 0.0))
             continue
-        if th >= 0.5:
-            rows, cols = np.nonzero(m > th)
-        else:
-            cost = np.where(m > th, m, 0.0)
-            rows, cols = linear_sum_assignment(-cost)
-            keep = cost[rows, cols] > th
-            rows, cols = rows[keep], cols[keep]
-        tp = len(rows)
-        mean_iou = float(m[rows, cols].mean()) if tp else 0.0
+        hit = ov.iou > th
+        matched = ov.iou[hit]
+        if th < 0.5 and len(matched):
+            r = np.unique(ov.rows[hit], return_inverse=True)[1].ravel()
+            c = np.unique(ov.cols[hit], return_inverse=True)[1].ravel()
+            cost = np.zeros((r.max() + 1, c.max() + 1))
+            cost[r, c] = matched
+            rr, cc = linear_sum_assignment(-cost)
+            matched = cost[rr, cc]
+            matched = matched[matched > th]
+        tp = len(matched)
+        mean_iou = float(matched.mean()) if tp else 0.0
         out.append(InstanceScores(float(th), tp, n_pred - tp, n_true - tp, mean_iou))
     return out
 

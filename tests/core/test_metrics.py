@@ -87,3 +87,29 @@ def test_otsu_baseline_finds_bright_and_dark_objects():
     assert labels.max() == 2
     dark = otsu_baseline(255 - img)
     assert dark.max() == 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparse_matching_equals_dense_iou_matrix(seed):
+    """Matching from the sparse pair list equals matching on the dense truth x prediction
+    IoU matrix (Hungarian below IoU 0.5), on label images with many partial overlaps."""
+    from scipy import ndimage as ndi
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(seed)
+    truth = ndi.zoom(rng.integers(0, 40, (12, 12)), 6, order=0)
+    pred = np.roll(ndi.zoom(rng.integers(0, 40, (15, 15)), 5, order=0)[:72, :72], 2, axis=0)
+    pred[pred % 7 == 0] = 0
+    t_ids, p_ids = np.unique(truth[truth > 0]), np.unique(pred[pred > 0])
+    inter = np.array([[np.sum((truth == t) & (pred == p)) for p in p_ids] for t in t_ids])
+    union = (np.array([np.sum(truth == t) for t in t_ids])[:, None]
+             + np.array([np.sum(pred == p) for p in p_ids])[None] - inter)
+    m = inter / union
+    for th, got in zip((0.1, 0.3, 0.5, 0.75), match_instances(pred, truth, (0.1, 0.3, 0.5, 0.75)),
+                       strict=True):
+        cost = np.where(m > th, m, 0.0)
+        rows, cols = linear_sum_assignment(-cost)
+        matched = cost[rows, cols][cost[rows, cols] > th]
+        assert got.tp == len(matched), th
+        assert got.fp == len(p_ids) - len(matched) and got.fn == len(t_ids) - len(matched)
+        assert got.mean_matched_iou == pytest.approx(matched.mean() if len(matched) else 0.0)

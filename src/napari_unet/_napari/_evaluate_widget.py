@@ -19,17 +19,13 @@ FALSE_POSITIVE, FALSE_NEGATIVE = 1, 2
 
 def error_map(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """1 on predicted objects without a match (false positives), 2 on missed true objects."""
-    from ..metrics import _iou_matrix
+    from ..metrics import overlaps
 
-    m, _, _ = _iou_matrix(pred, truth)
-    p_ids = np.unique(pred)
-    p_ids = p_ids[p_ids != 0]
-    t_ids = np.unique(truth)
-    t_ids = t_ids[t_ids != 0]
-    matched = m > threshold
+    ov = overlaps(pred, truth)
+    hit = ov.iou > threshold
+    fp = np.setdiff1d(ov.pred_ids, ov.pred_ids[ov.cols[hit]])
+    fn = np.setdiff1d(ov.truth_ids, ov.truth_ids[ov.rows[hit]])
     out = np.zeros(pred.shape, np.uint8)
-    fp = p_ids[~matched.any(axis=0)] if len(p_ids) else p_ids
-    fn = t_ids[~matched.any(axis=1)] if len(t_ids) else t_ids
     out[np.isin(pred, fp)] = FALSE_POSITIVE
     out[np.isin(truth, fn)] = FALSE_NEGATIVE
     return out

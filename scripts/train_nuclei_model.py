@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="patches per step (default: the config's)")
     parser.add_argument("--pair-sampling", choices=["by_size", "uniform"],
                         help="how often each image is drawn (default: the config's, uniform)")
+    parser.add_argument("--zoom", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="range of the random scaling (default: the config's)")
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument("--install", action="store_true",
                         help="copy the selected model into the package as the default model")
@@ -143,7 +145,7 @@ def main() -> None:
              "plateau_patience": args.plateau_patience,
              "invert": args.invert, "pair_sampling": args.pair_sampling,
              "patch_size": (args.patch, args.patch) if args.patch else None,
-             "batch_size": args.batch_size}
+             "batch_size": args.batch_size, "zoom": tuple(args.zoom) if args.zoom else None}
     changes = {k: v for k, v in given.items() if v is not None}
     if args.init:
         changes["epochs"] = 400

@@ -398,6 +398,9 @@ class TrainConfig(_Config):
     augment : bool
         Flips, 90-degree rotations, small rotations and scaling, elastic deformation,
         gamma / contrast / brightness / noise / blur.
+    zoom : (float, float)
+        Range of the random scaling of the augmentation (applied to 30 % of the patches);
+        widen it where object sizes vary more than the training images show.
     anisotropic : bool
         3D only: rotate in the YX plane only (thin z stacks).
     val_fraction : float
@@ -439,6 +442,7 @@ class TrainConfig(_Config):
     foreground_fraction: float = 0.33
     pair_sampling: str = "by_size"
     augment: bool = True
+    zoom: tuple[float, float] = (0.85, 1.2)
     anisotropic: bool = False
     val_fraction: float = 0.2
     val_patches: int = 32
@@ -488,6 +492,10 @@ class TrainConfig(_Config):
             )
         if not 0.0 < float(self.val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        zoom = tuple(float(v) for v in self.zoom)
+        if len(zoom) != 2 or not 0.0 < zoom[0] <= zoom[1]:
+            raise ConfigError(f"zoom must be a range 0 < low <= high, got {self.zoom}")
+        object.__setattr__(self, "zoom", zoom)
         lo, hi = (float(v) for v in self.normalize)
         if not 0.0 <= lo < hi <= 100.0:
             raise ConfigError(f"normalize must be percentiles 0 <= low < high <= 100, "

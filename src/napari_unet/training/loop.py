@@ -213,7 +213,8 @@ def train_iter(
     model = UNet(model_cfg)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    augmenter = Augmenter(sd, anisotropic=config.anisotropic) if config.augment else None
+    augmenter = (Augmenter(sd, anisotropic=config.anisotropic, scale=config.zoom)
+                 if config.augment else None)
     sampler = PatchSampler(train_pairs, patch, config.label_mode, config.boundary_width,
                            config.foreground_fraction, augmenter,
                            uniform=config.pair_sampling == "uniform")

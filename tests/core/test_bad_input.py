@@ -143,6 +143,13 @@ def test_config_errors_name_the_field():
         PredictConfig(overlap=1.5)
     with pytest.raises(ConfigError, match="batch_size"):
         PredictConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="'auto' or an integer"):
+        PredictConfig(batch_size="many")
+    assert PredictConfig.from_dict(PredictConfig().to_dict()).batch_size == "auto"
+    with pytest.raises(ConfigError, match="zoom must be a range"):
+        nu.TrainConfig(zoom=(1.5, 0.8))
+    assert nu.TrainConfig.from_dict(nu.TrainConfig(zoom=(0.6, 1.6)).to_dict()).zoom == (0.6,
+                                                                                          1.6)
     with pytest.raises(ConfigError, match="unknown option"):
         PredictConfig.from_dict({"tile_size": 3})
     with pytest.raises(ConfigError, match="axes"):

@@ -76,7 +76,7 @@ class SegmentWidget(Container):
                              tooltip="network input per axis, e.g. 512,512 or 64,128,128")
         self.overlap = FloatSpinBox(label="overlap", value=0.25, min=0.0, max=0.9, step=0.05)
         self.batch_size = SpinBox(
-            label="batch size", value=0, min=0, max=256,
+            label="batch (0 = auto)", value=0, min=0, max=256,
             tooltip="tiles per forward pass; 0 = auto (what fits the GPU's free memory, 4 on "
                     "the CPU)")
         self.device = ComboBox(label="device", value="auto",

@@ -392,14 +392,14 @@ class _BlockRunner:
         return acc if wsum is None else acc / wsum
 
 
-def _job(spec: ModelSpec, array: Any, source: str, layout: Any, norm_record: dict[str, Any],
-         plan: _Plan, config: PredictConfig, precision: str, label_mode: str | None,
-         boundary_width: int) -> dict[str, Any]:
+def _job(model_record: dict[str, Any], array: Any, source: str, layout: Any,
+         norm_record: dict[str, Any], plan: _Plan, config: PredictConfig, precision: str,
+         label_mode: str | None, boundary_width: int) -> dict[str, Any]:
     """JSON description of a prediction job: everything that changes the numbers written or
     where they go (its fingerprint decides whether an output store resumes)."""
     grid = plan.grid
     job = {
-        "model": spec.describe(),
+        "model": model_record,
         "input": {"source": source, "shape": list(array.shape), "dtype": str(array.dtype),
                   "axes": layout.axes, "to_gray": layout.to_gray},
         "normalization": norm_record,
@@ -485,11 +485,13 @@ def predict_iter(
     frame_shape = lead_shape[: 1] if "T" in layout.lead_axes else ()
     n_frames = math.prod(frame_shape) if config.mode == "instances" else 0
 
+    model_record = spec.describe()  # hashes the weights: once, however many plans are tried
+
     def planned(config: PredictConfig) -> tuple[_Plan, dict[str, Any]]:
         grid, block, chunk = plan_shapes(spatial_shape, spec, config)
         plan = _Plan(layout, lead_shape, spatial_shape, grid, block, chunk)
-        return plan, _job(spec, array, source, layout, norm_record, plan, config, precision,
-                          label_mode, boundary_width)
+        return plan, _job(model_record, array, source, layout, norm_record, plan, config,
+                          precision, label_mode, boundary_width)
 
     plan, job = planned(config)
     if auto_batch and output is not None:

@@ -33,12 +33,21 @@ def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2) ->
         return labels.astype(np.int64) - 1
     if label_mode != "instances":
         raise ValueError(f"unknown label mode {label_mode!r}")
-    edge = _dilate(_differs(labels), boundary_width - 1)
+    faces = _half_ball(labels.ndim, 1)
+    edge = _dilate(_differing_neighbours(labels, faces, objects_only=False), faces,
+                   boundary_width - 1)
+    near = _differing_neighbours(labels, _half_ball(labels.ndim, boundary_width),
+                                 objects_only=True)
     fg = labels > 0
     target = fg.astype(np.int64)
     target[edge & fg] = 2
-    target[edge & fg & _near_other_object(labels, boundary_width)] = 3
+    target[edge & fg & near] = 3
     return target
+
+
+# Targets come from comparisons of shifted views of the labels: patches are made on the fly
+# while training, and skimage's find_boundaries plus maximum / minimum filters for the
+# contacts cost ~5x more (tested equal in tests/core/test_training.py).
 
 
 def _shifted_pairs(shape: tuple[int, ...], offset: tuple[int, ...]):
@@ -50,53 +59,41 @@ def _shifted_pairs(shape: tuple[int, ...], offset: tuple[int, ...]):
     return a, b
 
 
-def _faces(ndim: int) -> list[tuple[int, ...]]:
-    return [tuple(int(i == axis) for i in range(ndim)) for axis in range(ndim)]
+def _half_ball(ndim: int, width: int) -> list[tuple[int, ...]]:
+    """Offsets of the L1 ball of radius ``width``, one of each opposite pair (width 1: the
+    face neighbours)."""
+    width = max(1, int(width))
+    return [o for o in itertools.product(range(-width, width + 1), repeat=ndim)
+            if 0 < sum(map(abs, o)) <= width and o > tuple(-v for v in o)]
 
 
-def _differs(labels: np.ndarray) -> np.ndarray:
-    """Voxels with a face neighbour of another label: ``find_boundaries(mode="thick")`` with
-    face connectivity, from shifted views (patches are made on the fly while training;
-    skimage's rank filters cost several times more)."""
+def _differing_neighbours(labels: np.ndarray, offsets: list[tuple[int, ...]],
+                          objects_only: bool) -> np.ndarray:
+    """True where the label at one of ``offsets`` (either direction) differs; with
+    ``objects_only``, where that label and this one are both objects (non-zero)."""
     out = np.zeros(labels.shape, bool)
-    for offset in _faces(labels.ndim):
+    for offset in offsets:
         a, b = _shifted_pairs(labels.shape, offset)
-        d = labels[a] != labels[b]
+        la, lb = labels[a], labels[b]
+        d = la != lb
+        if objects_only:
+            d &= (la > 0) & (lb > 0)
         out[a] |= d
         out[b] |= d
     return out
 
 
-def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
-    """Binary dilation by face connectivity, ``steps`` times (outside the array is False)."""
+def _dilate(mask: np.ndarray, offsets: list[tuple[int, ...]], steps: int) -> np.ndarray:
+    """Binary dilation over ``offsets`` (both directions), ``steps`` times; outside the
+    array is False."""
     for _ in range(max(0, int(steps))):
         grown = mask.copy()
-        for offset in _faces(mask.ndim):
+        for offset in offsets:
             a, b = _shifted_pairs(mask.shape, offset)
             grown[a] |= mask[b]
             grown[b] |= mask[a]
         mask = grown
     return mask
-
-
-def _near_other_object(labels: np.ndarray, width: int) -> np.ndarray:
-    """True where another object (non-zero label) lies within L1 distance ``width``.
-
-    One comparison of shifted views per offset of half the L1 ball (12 in 3D at width 2):
-    ~5x faster than maximum / minimum filters over the ball.
-    """
-    width = max(1, int(width))
-    near = np.zeros(labels.shape, bool)
-    ranges = [range(-width, width + 1)] * labels.ndim
-    for offset in itertools.product(*ranges):
-        if not 0 < sum(map(abs, offset)) <= width or offset <= tuple(-o for o in offset):
-            continue  # each pair of opposite offsets once
-        a, b = _shifted_pairs(labels.shape, offset)
-        la, lb = labels[a], labels[b]
-        t = (la != lb) & (la > 0) & (lb > 0)
-        near[a] |= t
-        near[b] |= t
-    return near
 
 
 def n_classes_for(label_mode: str, max_label: int) -> int:

@@ -2,6 +2,7 @@
 torch loop on in-memory tensors, same model, batch and precision; plus the data pipeline alone.
 
     .venv/bin/python benchmarks/training_throughput.py [--dims 2 3] [--steps 30] [--rounds 3]
+        [--device cuda]
 
 The two loops run in alternation, ``--rounds`` times each; the ratio is the median of the
 per-round ratios (on a shared machine single runs of either vary by +-10%).
@@ -25,7 +26,7 @@ SETUPS = {
 }
 
 
-def bare_loop(dims, setup, steps, precision):
+def bare_loop(dims, setup, steps, precision, device):
     import torch
 
     import napari_unet as nu
@@ -34,11 +35,12 @@ def bare_loop(dims, setup, steps, precision):
     torch.manual_seed(0)
     model = nu.UNet(spatial_dims=dims, out_channels=3, **setup["model"])
     fmt = memory_format(dims)
-    model = model.to(memory_format=fmt).train()
+    device = torch.device(device)
+    model = model.to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    x = torch.randn(setup["batch"], 1, *setup["patch"]).contiguous(memory_format=fmt)
-    t = torch.randint(0, 3, (setup["batch"], *setup["patch"]))
-    device = torch.device("cpu")
+    x = torch.randn(setup["batch"], 1, *setup["patch"], device=device).contiguous(
+        memory_format=fmt)
+    t = torch.randint(0, 3, (setup["batch"], *setup["patch"]), device=device)
     times = []
     for _ in range(steps + 3):
         t0 = time.perf_counter()
@@ -48,11 +50,12 @@ def bare_loop(dims, setup, steps, precision):
         loss = torch.nn.functional.cross_entropy(y.float(), t)
         loss.backward()
         opt.step()
+        loss.item()  # as our loop does (and a sync point on a GPU)
         times.append(time.perf_counter() - t0)
     return 1.0 / float(np.median(times[3:]))
 
 
-def our_loop(dims, setup, steps, precision, work):
+def our_loop(dims, setup, steps, precision, work, device):
     import zarr
 
     import napari_unet as nu
@@ -70,7 +73,7 @@ def our_loop(dims, setup, steps, precision, work):
     cfg = nu.TrainConfig(
         model=nu.ModelConfig(spatial_dims=dims, **setup["model"]), patch_size=setup["patch"],
         batch_size=setup["batch"], epochs=1, steps_per_epoch=steps + 3, val_patches=2,
-        precision=precision, device="cpu")
+        precision=precision, device=device)
     stamps = []
     import shutil
 
@@ -105,6 +108,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     import torch
 
@@ -114,8 +118,8 @@ def main() -> None:
         setup = SETUPS[dims]
         bares, ourss = [], []
         for _ in range(args.rounds):
-            bares.append(bare_loop(dims, setup, args.steps, args.precision))
-            ourss.append(our_loop(dims, setup, args.steps, args.precision, work))
+            bares.append(bare_loop(dims, setup, args.steps, args.precision, args.device))
+            ourss.append(our_loop(dims, setup, args.steps, args.precision, work, args.device))
         bare, ours = float(np.median(bares)), float(np.median(ourss))
         ratio = float(np.median(np.array(ourss) / np.array(bares)))
         pps = pipeline(dims, setup, work)
@@ -123,7 +127,8 @@ def main() -> None:
                      "ratio": ratio, "ratios": [o / b for o, b in zip(ourss, bares, strict=True)],
                      "pipeline_patches_per_s_1_thread": pps,
                      "model_patches_per_s": bare * setup["batch"]})
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}, "
+          f"device {args.device}")
     print(f"{'dims':>4} {'bare steps/s':>13} {'ours steps/s':>13} {'ratio':>6} "
           f"{'per round':>18} {'pipeline patch/s':>17} {'model patch/s':>14}")
     for r in rows:

@@ -282,3 +282,27 @@ def test_pair_sampling_and_invert_are_checked_and_applied():
     auto, _ = prepare_pairs([small, negative], 2, "instances", (32, 32), (1.0, 99.8),
                             invert="auto")
     assert auto[0].norm.low < auto[0].norm.high and auto[1].norm.low > auto[1].norm.high
+
+
+def test_patch_threads_scale_on_a_gpu_and_batches_do_not_depend_on_them():
+    import concurrent.futures as cf
+
+    from napari_unet.training.augment import Augmenter as Aug
+    from napari_unet.training.data import PatchSampler, prepare_pairs
+    from napari_unet.training.loop import _batches, patch_workers
+
+    assert patch_workers(torch.device("cpu"), cpus=16) == 2
+    assert patch_workers(torch.device("cuda"), cpus=16) == 8
+    assert patch_workers(torch.device("cuda"), cpus=2) == 2
+    pairs, _ = prepare_pairs([synthetic_nuclei((96, 96), seed=1)], 2, "instances", (32, 32),
+                             (1.0, 99.8))
+    sampler = PatchSampler(pairs, (32, 32), "instances", 1, 0.5, Aug(2))
+    config = TrainConfig(**{**TINY, "steps_per_epoch": 6})
+    runs = []
+    for workers in (1, 4):
+        with cf.ThreadPoolExecutor(workers) as pool:
+            runs.append(list(_batches(sampler, config, 0, 0, pool, depth=workers)))
+    assert [s for s, _ in runs[0]] == [s for s, _ in runs[1]] == list(range(6))
+    for (_, (x0, t0)), (_, (x1, t1)) in zip(*runs, strict=True):
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(t0, t1)

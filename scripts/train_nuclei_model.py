@@ -35,7 +35,11 @@ its boundary channel) and early stopping ended it after 54 epochs (16 minutes): 
 A further run from it (``--lr 2e-4 --plateau-patience 8``, 25 minutes) reached a higher
 patch Dice (0.906) but lower whole-image scores (AP@0.5 0.781) and was not kept; one with a
 wider random scaling (``--zoom 0.6 1.6``, 20 minutes) scored the same within noise (AP@0.5
-0.791, mean AP 0.553, Dice 0.904) and was not kept either.
+0.791, mean AP 0.553, Dice 0.904) and was not kept either.  A colour model (``--rgb``: three
+input channels, gray images repeated, started from the shipped model with its first
+convolution split over the channels; 75 epochs, 19 minutes) scored the same overall (AP@0.5
+0.790, Dice 0.903, mean AP 0.548) and worse on the 11 colour images (AP@0.5 0.575 -> 0.531),
+so the shipped model stays gray.
 
 Colour images are averaged to gray (the model's metadata asks ``predict`` to do the same).
 """
@@ -82,6 +86,31 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3:
         return image[..., :3].astype(np.float32).mean(axis=-1)
     return image.astype(np.float32)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Channels-first RGB: colour images keep their colour, gray ones are repeated."""
+    image = np.asarray(image).astype(np.float32)
+    if image.ndim == 3:
+        return np.ascontiguousarray(np.moveaxis(image[..., :3], -1, 0))
+    return np.repeat(image[None], 3, axis=0)
+
+
+def widen_to_rgb(init: str, run: Path) -> str:
+    """A one-channel (gray) model taking three colour channels: the first convolution's
+    weights are split equally, so it starts as the old model on the mean of the channels."""
+    old = nu.load_model(init)
+    if old.config.in_channels != 1:
+        return init
+    new = nu.UNet(old.config.replace(in_channels=3))
+    state = old.state_dict()
+    key = "encoders.0.0.weight"
+    state[key] = state[key].repeat(1, 3, *([1] * (state[key].ndim - 2))) / 3.0
+    new.load_state_dict(state)
+    meta = {k: v for k, v in old.metadata.items()
+            if k not in ("spatial_dims", "napari_unet_version", "model", "rgb_to_gray")}
+    run.mkdir(parents=True, exist_ok=True)
+    return str(nu.save_model(new, run / "init_rgb.safetensors", **meta))
 
 
 def load_split(root: Path, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
@@ -135,6 +164,8 @@ def main() -> None:
                         help="how often each image is drawn (default: the config's, uniform)")
     parser.add_argument("--zoom", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="range of the random scaling (default: the config's)")
+    parser.add_argument("--rgb", action="store_true",
+                        help="three colour input channels (gray images repeated) instead of gray")
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument("--install", action="store_true",
                         help="copy the selected model into the package as the default model")
@@ -143,6 +174,8 @@ def main() -> None:
     global CONFIG
     if args.init:
         args.init = add_contact_class(args.init, args.run)
+        if args.rgb:
+            args.init = widen_to_rgb(args.init, args.run)
     given = {"init_model": args.init, "lr": args.lr, "patience": args.patience,
              "plateau_patience": args.plateau_patience,
              "invert": args.invert, "pair_sampling": args.pair_sampling,
@@ -154,8 +187,9 @@ def main() -> None:
     CONFIG = CONFIG.replace(**changes)
     _, train_images, train_labels = load_split(args.data, "train")
     val_stems, val_images, val_labels = load_split(args.data, "val")
-    train_pairs = [(to_gray(i), lab) for i, lab in zip(train_images, train_labels, strict=True)]
-    val_pairs = [(to_gray(i), lab) for i, lab in zip(val_images, val_labels, strict=True)]
+    to_input = to_rgb if args.rgb else to_gray
+    train_pairs = [(to_input(i), lab) for i, lab in zip(train_images, train_labels, strict=True)]
+    val_pairs = [(to_input(i), lab) for i, lab in zip(val_images, val_labels, strict=True)]
 
     if not args.evaluate_only:
         deadline = time.time() + 60 * args.minutes
@@ -176,8 +210,9 @@ def main() -> None:
         print(f"training {result.stopped}; best val Dice (patches) {result.best_val_dice:.4f}")
 
     model = nu.load_model(args.run / "best.safetensors")
-    model.metadata["rgb_to_gray"] = True
-    preds = [nu.predict(model, img, mode="instances", device="cpu") for img in val_images]
+    model.metadata["rgb_to_gray"] = not args.rgb
+    preds = [nu.predict(model, to_rgb(img) if args.rgb else img, mode="instances", device="cpu")
+             for img in val_images]
     ours = evaluate(zip(preds, val_labels, strict=True), val_stems)
     otsu = evaluate(((otsu_baseline(i), lab) for i, lab in zip(val_images, val_labels,
                                                                strict=True)), val_stems)

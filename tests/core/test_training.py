@@ -284,25 +284,31 @@ def test_pair_sampling_and_invert_are_checked_and_applied():
     assert auto[0].norm.low < auto[0].norm.high and auto[1].norm.low > auto[1].norm.high
 
 
-def test_patch_threads_scale_on_a_gpu_and_batches_do_not_depend_on_them():
+def test_patch_pipeline_and_batches_do_not_depend_on_it():
     import concurrent.futures as cf
 
     from napari_unet.training.augment import Augmenter as Aug
     from napari_unet.training.data import PatchSampler, prepare_pairs
-    from napari_unet.training.loop import _batches, patch_workers
+    from napari_unet.training.loop import _batches, patch_pipeline
 
-    assert patch_workers(torch.device("cpu"), cpus=16) == 2
-    assert patch_workers(torch.device("cuda"), cpus=16) == 8
-    assert patch_workers(torch.device("cuda"), cpus=2) == 2
+    assert patch_pipeline(torch.device("cpu"), cpus=2) == (2, 0)  # cut between steps
+    assert patch_pipeline(torch.device("cuda"), cpus=16) == (8, 8)  # work ahead
+    assert patch_pipeline(torch.device("cuda"), cpus=2) == (2, 2)
     pairs, _ = prepare_pairs([synthetic_nuclei((96, 96), seed=1)], 2, "instances", (32, 32),
                              (1.0, 99.8))
     sampler = PatchSampler(pairs, (32, 32), "instances", 1, 0.5, Aug(2))
     config = TrainConfig(**{**TINY, "steps_per_epoch": 6})
     runs = []
-    for workers in (1, 4):
-        with cf.ThreadPoolExecutor(workers) as pool:
-            runs.append(list(_batches(sampler, config, 0, 0, pool, depth=workers)))
-    assert [s for s, _ in runs[0]] == [s for s, _ in runs[1]] == list(range(6))
-    for (_, (x0, t0)), (_, (x1, t1)) in zip(*runs, strict=True):
-        np.testing.assert_array_equal(x0, x1)
-        np.testing.assert_array_equal(t0, t1)
+    for threads, ahead in ((1, 0), (3, 0), (1, 1), (4, 4)):
+        with cf.ThreadPoolExecutor(threads) as pool:
+            runs.append(list(_batches(sampler, config, 0, 0, pool, ahead)))
+    runs.append(list(_batches(sampler, config, 0, 2, None, 0)))  # resumed mid-epoch
+    for run in runs[1:]:
+        assert [s for s, _ in run] == [s for s, _ in runs[0]][-len(run):]
+        for (_, (x0, t0)), (_, (x1, t1)) in zip(runs[0][-len(run):], run, strict=True):
+            np.testing.assert_array_equal(x0, x1)
+            np.testing.assert_array_equal(t0, t1)
+    assert [s for s, _ in runs[0]] == list(range(6))
+    first = runs[0][0][1][0]
+    assert not np.array_equal(first, runs[0][1][1][0])  # steps differ
+    assert not np.array_equal(first[0], first[1])  # and so do the patches of a batch

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import dask.array as da
@@ -301,10 +302,20 @@ class PatchSampler:
         x, t = self.read(k, start, margin_for(self.patch))
         return self.augmenter(x, t, self.patch, rng)
 
-    def batch(self, batch_size: int, seed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """A batch whose content depends only on ``seed`` (so runs and resumes repeat)."""
-        rng = np.random.default_rng(list(seed))
-        xs, ts = zip(*(self.sample(rng) for _ in range(batch_size)), strict=True)
+    def batch(self, batch_size: int, seed: Sequence[int], pool: Executor | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """A batch whose content depends only on ``seed`` (so runs and resumes repeat).
+
+        Each patch draws from its own stream (``seed`` and its index), so a thread ``pool``
+        may cut the patches in parallel without changing them.
+        """
+        seeds = [[*seed, i] for i in range(batch_size)]
+
+        def draw(s: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            return self.sample(np.random.default_rng(s))
+
+        patches = list(pool.map(draw, seeds)) if pool is not None else [draw(s) for s in seeds]
+        xs, ts = zip(*patches, strict=True)
         return np.stack(xs), np.stack(ts)
 
     def fixed_patches(self, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -164,6 +164,9 @@ def main() -> None:
                         help="how often each image is drawn (default: the config's, uniform)")
     parser.add_argument("--zoom", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="range of the random scaling (default: the config's)")
+    parser.add_argument("--depth", type=int, help="U-Net levels (default: the config's, 4)")
+    parser.add_argument("--base-filters", type=int,
+                        help="filters of the first level (default: the config's, 16)")
     parser.add_argument("--rgb", action="store_true",
                         help="three colour input channels (gray images repeated) instead of gray")
     parser.add_argument("--evaluate-only", action="store_true")
@@ -182,6 +185,10 @@ def main() -> None:
              "patch_size": (args.patch, args.patch) if args.patch else None,
              "batch_size": args.batch_size, "zoom": tuple(args.zoom) if args.zoom else None}
     changes = {k: v for k, v in given.items() if v is not None}
+    arch = {k: v for k, v in (("depth", args.depth), ("base_filters", args.base_filters))
+            if v is not None}
+    if arch:
+        changes["model"] = CONFIG.model.replace(**arch)
     if args.init:
         changes["epochs"] = 400
     CONFIG = CONFIG.replace(**changes)

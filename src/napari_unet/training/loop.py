@@ -102,10 +102,10 @@ def patch_pipeline(device, cpus: int | None = None) -> tuple[int, int]:
     On the CPU the model's own threads use every core during a step, so patch threads running
     alongside only take time from them (and hold up the others at their next barrier):
     measured on 2 cores, cutting each batch between steps, its patches spread over the cores,
-    was faster than working ahead (2D 0.88-0.92 vs 0.81-0.94, 3D 0.81-0.86 vs 0.73-0.82 of a
-    bare loop).  On a GPU the cores are idle while it computes, and a 3D batch of augmented
-    patches costs about as much CPU time as several GPU steps, so one thread per spare core
-    (up to 8) works ahead.
+    was faster than working ahead (3D, per round: 0.93-0.97 vs 0.87-0.92 of a bare loop).
+    This assumes torch uses every core, as it does by default.  On a GPU the cores are idle
+    while it computes, and a 3D batch of augmented patches costs about as much CPU time as
+    several GPU steps, so one thread per spare core (up to 8) works ahead.
     """
     cpus = cpus if cpus is not None else (os.cpu_count() or 2)
     if getattr(device, "type", str(device)) == "cpu":

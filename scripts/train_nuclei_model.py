@@ -101,21 +101,27 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(image[None], 3, axis=0)
 
 
+def _save_widened(old, config, state: dict, run: Path, name: str, drop: tuple = ()) -> str:
+    """Save ``state`` as a model of architecture ``config`` with ``old``'s metadata."""
+    new = nu.UNet(config)
+    new.load_state_dict(state)
+    meta = {k: v for k, v in old.metadata.items()
+            if k not in ("spatial_dims", "napari_unet_version", "model", *drop)}
+    run.mkdir(parents=True, exist_ok=True)
+    return str(nu.save_model(new, run / name, **meta))
+
+
 def widen_to_rgb(init: str, run: Path) -> str:
     """A one-channel (gray) model taking three colour channels: the first convolution's
     weights are split equally, so it starts as the old model on the mean of the channels."""
     old = nu.load_model(init)
     if old.config.in_channels != 1:
         return init
-    new = nu.UNet(old.config.replace(in_channels=3))
     state = old.state_dict()
     key = "encoders.0.0.weight"
     state[key] = state[key].repeat(1, 3, *([1] * (state[key].ndim - 2))) / 3.0
-    new.load_state_dict(state)
-    meta = {k: v for k, v in old.metadata.items()
-            if k not in ("spatial_dims", "napari_unet_version", "model", "rgb_to_gray")}
-    run.mkdir(parents=True, exist_ok=True)
-    return str(nu.save_model(new, run / "init_rgb.safetensors", **meta))
+    return _save_widened(old, old.config.replace(in_channels=3), state, run,
+                         "init_rgb.safetensors", drop=("rgb_to_gray",))
 
 
 def load_split(root: Path, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
@@ -138,15 +144,11 @@ def add_contact_class(init: str, run: Path) -> str:
     old = nu.load_model(init)
     if old.config.out_channels != 3:
         return init
-    new = nu.UNet(old.config.replace(out_channels=4))
     state = old.state_dict()
     for key in ("head.weight", "head.bias"):
         state[key] = torch.cat([state[key], state[key][2:3]])
-    new.load_state_dict(state)
-    meta = {k: v for k, v in old.metadata.items()
-            if k not in ("spatial_dims", "napari_unet_version", "model")}
-    run.mkdir(parents=True, exist_ok=True)
-    return str(nu.save_model(new, run / "init_contact.safetensors", **meta))
+    return _save_widened(old, old.config.replace(out_channels=4), state, run,
+                         "init_contact.safetensors")
 
 
 def main() -> None:

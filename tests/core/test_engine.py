@@ -386,3 +386,37 @@ def test_automatic_batch_resumes_a_store_planned_with_another(tmp_path, rng):
     np.testing.assert_array_equal(resumed[:], full)
     with pytest.raises(nu.inference.store.OutputExistsError, match="different job"):
         nu.predict(model, x, tmp_path / "part.zarr", batch_size=4, **opts)  # explicit: no
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_engine_folds_batch_norm_into_a_copy_and_leaves_the_model_alone(dims, rng):
+    from napari_unet.inference.device import inference_module
+
+    model = tiny_unet(dims, base_filters=4)
+    with torch.no_grad():  # affine parameters away from the identity
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = inference_module(model, torch.device("cpu"), dims)
+    assert folded is not model
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))
+                   for m in folded.modules())
+    x = torch.from_numpy(rng.random((2, 1) + (16,) * dims).astype(np.float32))
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    model.train()
+
+    # predict runs the folded copy: same logits as the model itself, model untouched
+    image = rng.random((24,) * dims).astype(np.float32)
+    out = nu.predict(model, image, mode="logits", tile=(24,) * dims, precision="fp32",
+                     device="cpu")
+    with torch.inference_mode():
+        ref = model.eval()(torch.from_numpy(_normalised(image))[None, None].float())[0]
+    model.train()
+    assert model.training
+    np.testing.assert_allclose(out, ref.numpy(), atol=1e-4, rtol=1e-4)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -78,7 +78,7 @@ def _state(job: ClusterJob) -> tuple[Any, Any, Any]:
 
     from ..io import open_volume
     from ..model.checkpoint import model_from_bytes
-    from .device import memory_format, select_device
+    from .device import select_device
     from .engine import _BlockRunner, resolve_model
     from .store import OutputStore
 
@@ -91,7 +91,6 @@ def _state(job: ClusterJob) -> tuple[Any, Any, Any]:
     model = model_from_bytes(np.asarray(group[MODEL_ARRAY][:]).tobytes(), "model in the store")
     spec = resolve_model(model)
     device = select_device(job.config.device)
-    spec.module.to(device, memory_format=memory_format(spec.spatial_dims)).eval()
     array, _ = open_volume(job.source)
     canonical = job.plan.layout.canonical(array)
     runner = _BlockRunner(spec, job.plan, job.config, device, job.precision)

@@ -30,6 +30,7 @@ from ..normalize import DEFAULT_PERCENTILES, Normalization, percentile_normaliza
 from .device import (
     CPU_BATCH,
     autocast,
+    inference_module,
     measure_batch_size,
     memory_format,
     release_memory,
@@ -291,6 +292,7 @@ class _BlockRunner:
         precision: str,
     ) -> None:
         self.spec = spec
+        self.module = inference_module(spec.module, device, spec.spatial_dims)
         self.plan = plan
         self.config = config
         self.device = device
@@ -318,7 +320,7 @@ class _BlockRunner:
         for dims in flips:
             inp = torch.flip(xb, dims) if dims else xb
             with autocast(self.device, self.precision):
-                yb = self.spec.module(inp)
+                yb = self.module(inp)
             yb = yb.float()
             yb = torch.flip(yb, dims) if dims else yb
             out = yb if out is None else out + yb
@@ -537,10 +539,8 @@ def predict_iter(
                                   config.min_size, cancel)
         return store.result
 
+    was_training = spec.module.training  # a module without batch norms runs as it is
     runner = _BlockRunner(spec, plan, config, device, precision)
-    was_training = spec.module.training
-    spec.module.eval()
-    spec.module.to(device, memory_format=memory_format(spec.spatial_dims))
     try:
         yield from _run_blocks(store, plan, units, canonical, norm, runner, config, cancel,
                                source)
@@ -549,6 +549,7 @@ def predict_iter(
                               config.min_size, cancel)
     finally:
         spec.module.train(was_training)
+        del runner  # the engine's copy of the model, before the device's cache is emptied
         release_memory(device)
     result = store.result
     return result[...] if output is None else result

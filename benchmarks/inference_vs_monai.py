@@ -2,11 +2,14 @@
 forward pass, with the same weights, volume, tile, overlap and blending.
 
 Rows, each in a fresh process (for its own peak RSS):
-  pure forward   batches of tiles straight through the model (the ceiling): network voxels/s
-                 at least 8 batches, so that one slow batch does not set the ceiling
+  pure forward   batches of tiles straight through the model as the engine runs it (batch
+                 norms folded into the convolutions; the ceiling): network voxels/s over at
+                 least 8 batches, so that one slow batch does not set the ceiling
   pure forward auto  the same at the precision our defaults choose ("auto"; bf16 on a CPU
                  with native bf16): the ceiling for the "defaults" rows
-  monai          sliding_window_inference(roi, overlap, mode=BLENDING)
+  monai          sliding_window_inference(roi, overlap, mode=BLENDING) on the model as given
+  monai folded   the same on the engine's folded copy of the model: what the tiling alone
+                 costs each tool (napari-unet's lead over "monai" is then the folding)
   napari-unet    predict(..., mode="logits", same tile / overlap / blending), in memory
   napari-unet zarr  the same, read from and written to zarr (end to end, out of core)
 
@@ -74,7 +77,7 @@ def row(kind: str, dims: int, setup: dict, work: Path, repeats: int, precision: 
     import torch
 
     import napari_unet as nu
-    from napari_unet.inference.device import autocast, memory_format
+    from napari_unet.inference.device import autocast, inference_module, memory_format
 
     torch.set_num_threads(torch.get_num_threads())
     model = nu.load_model(work / f"model{dims}.safetensors")
@@ -83,6 +86,8 @@ def row(kind: str, dims: int, setup: dict, work: Path, repeats: int, precision: 
     fmt = memory_format(dims)
     device = torch.device("cpu")
     model = model.to(memory_format=fmt)
+    if kind in ("pure forward", "pure forward auto", "monai folded"):
+        model = inference_module(model, device, dims)
     out = None
     times = []
     for _ in range(repeats + 1):  # first run is warm-up
@@ -100,7 +105,7 @@ def row(kind: str, dims: int, setup: dict, work: Path, repeats: int, precision: 
                 for _ in range(n_batches):
                     model(batch)
             voxels = n_batches * BATCH * int(np.prod(tile))
-        elif kind == "monai":
+        elif kind in ("monai", "monai folded"):
             from monai.inferers import sliding_window_inference
 
             inp = torch.from_numpy(x[None, None]).contiguous(memory_format=fmt)
@@ -211,7 +216,7 @@ def main() -> None:
         z = zarr.create_array(str(work / f"input{dims}.zarr"), shape=x.shape,
                               chunks=(64,) * dims, dtype="float32")
         z[:] = x
-        kinds = ["pure forward", "monai", "napari-unet", "napari-unet zarr",
+        kinds = ["pure forward", "monai", "monai folded", "napari-unet", "napari-unet zarr",
                  "pure forward auto", "monai defaults", "napari-unet defaults"]
         for kind in kinds:
             cmd = [sys.executable, __file__, "--child", kind, str(dims), str(work),

@@ -45,6 +45,14 @@ fine-tuned (``--lr 3e-4 --patience 30 --plateau-patience 8``, 20 minutes), score
 same as the shipped one at four times its size (AP@0.5 0.794, Dice 0.903, mean AP 0.557) and was
 not kept either: the shipped model scores the same on training images as on val (AP@0.5 0.801
 on 80 of them), so more capacity and compute than this budget are what it lacks.
+Also measured and not kept: whole-image patches (``--patch 256 --batch-size 4``, fine-tuning the
+3-class model: AP@0.5 0.777 -> 0.773); mirror test-time augmentation (``tta=True``: AP@0.5
+0.789 -> 0.789, mean AP 0.551 -> 0.556); the hematoxylin channel of the colour images
+(``skimage.color.rgb2hed``) instead of their gray mean, without fine-tuning (colour images
+0.576 -> 0.496); upscaling the gray images of small nuclei (median area < 100 px, 10 val
+images) 1.5x / 2x before segmenting (0.727 -> 0.711 / 0.688).  The training target itself is
+not the limit: turned into seeds and regrown exactly as ``predict`` does, the true labels'
+targets score AP@0.5 0.985 against the labels.
 
 Colour images are averaged to gray (the model's metadata asks ``predict`` to do the same).
 """

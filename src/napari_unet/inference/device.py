@@ -28,8 +28,9 @@ def inference_module(module: torch.nn.Module, device: torch.device,
     into that convolution's weights and bias.
 
     Folding computes the same function with one pass over each activation less: measured
-    1.05-1.1x faster forward passes on this CPU (fp32 and bf16), outputs equal within float
-    rounding (2e-5 on logits of magnitude ~10).  A module with something to fold is copied and
+    1.03-1.25x faster 3D forward passes on this CPU (fp32 and bf16; ~1.03x in 2D, where the
+    convolutions are wider), outputs equal within float rounding (2e-5 on logits of magnitude
+    ~10).  A module with something to fold is copied and
     left as it was (mode, device and weights); any other module runs as it is.
     """
     import copy
@@ -39,20 +40,18 @@ def inference_module(module: torch.nn.Module, device: torch.device,
     convs = (torch.nn.Conv2d, torch.nn.Conv3d)
     norms = (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
-    def pairs(root: torch.nn.Module) -> list[tuple[torch.nn.Sequential, str, str]]:
-        found = []
-        for seq in root.modules():
-            if isinstance(seq, torch.nn.Sequential):  # the norm reads the conv's output
-                names = list(seq._modules)
-                found += [(seq, a, b) for a, b in zip(names, names[1:], strict=False)
-                          if isinstance(seq._modules[a], convs)
-                          and isinstance(seq._modules[b], norms)
-                          and seq._modules[b].running_mean is not None]
-        return found
-
-    if pairs(module):
+    pairs = []  # (path of the Sequential, name of the conv, name of the norm)
+    for path, seq in module.named_modules():
+        if isinstance(seq, torch.nn.Sequential):  # there the norm reads the conv's output
+            names = list(seq._modules)
+            pairs += [(path, a, b) for a, b in zip(names, names[1:], strict=False)
+                      if isinstance(seq._modules[a], convs)
+                      and isinstance(seq._modules[b], norms)
+                      and seq._modules[b].running_mean is not None]
+    if pairs:
         module = copy.deepcopy(module).eval()
-        for seq, a, b in pairs(module):
+        for path, a, b in pairs:
+            seq = module.get_submodule(path)
             seq._modules[a] = fuse_conv_bn_eval(seq._modules[a], seq._modules[b])
             seq._modules[b] = torch.nn.Identity()
     return module.eval().to(device, memory_format=memory_format(spatial_dims))
@@ -145,7 +144,7 @@ def measure_batch_size(module: torch.nn.Module, tile: tuple[int, ...], in_channe
     free memory; elsewhere :data:`CPU_BATCH`."""
     if device.type != "cuda":
         return CPU_BATCH
-    module = inference_module(module, device, len(tile))
+    module.to(device, memory_format=memory_format(len(tile))).eval()
     release_memory(device)
     torch.cuda.synchronize(device)
     free, _ = torch.cuda.mem_get_info(device)

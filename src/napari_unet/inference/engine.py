@@ -290,9 +290,12 @@ class _BlockRunner:
     def __init__(
         self, spec: ModelSpec, plan: _Plan, config: PredictConfig, device: torch.device,
         precision: str,
+        module: torch.nn.Module | None = None,
     ) -> None:
         self.spec = spec
-        self.module = inference_module(spec.module, device, spec.spatial_dims)
+        # What runs: the model as inference_module prepares it (made here unless given).
+        self.module = module if module is not None else inference_module(
+            spec.module, device, spec.spatial_dims)
         self.plan = plan
         self.config = config
         self.device = device
@@ -477,9 +480,13 @@ def predict_iter(
     label_mode = spec.metadata.get("label_mode")
     boundary_width = int(spec.metadata.get("boundary_width", 2))
     auto_batch = config.batch_size == "auto"
+    # The copy of the model a local run computes with, made once (a cluster's workers make
+    # their own); a module without batch norms runs as it is, in eval mode until the end.
+    was_training = spec.module.training
+    module = inference_module(spec.module, device, spec.spatial_dims) if client is None else None
     if auto_batch and client is None:
         config = config.replace(batch_size=measure_batch_size(
-            spec.module, recommended_tile(spec), spec.in_channels, device, precision))
+            module, recommended_tile(spec), spec.in_channels, device, precision))
 
     yield StageStarted("normalize", message="computing intensity percentiles")
     norm, norm_record = _normalization(canonical, n_lead, spec, config, source)
@@ -539,8 +546,8 @@ def predict_iter(
                                   config.min_size, cancel)
         return store.result
 
-    was_training = spec.module.training  # a module without batch norms runs as it is
-    runner = _BlockRunner(spec, plan, config, device, precision)
+    runner = _BlockRunner(spec, plan, config, device, precision, module)
+    del module  # the runner holds it
     try:
         yield from _run_blocks(store, plan, units, canonical, norm, runner, config, cancel,
                                source)

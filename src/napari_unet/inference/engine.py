@@ -329,21 +329,22 @@ class _BlockRunner:
             out = yb if out is None else out + yb
         return out / len(flips)
 
-    def _tile_input(
-        self, x: np.ndarray, in_region: tuple[slice, ...], origin: tuple[int, ...]
-    ) -> np.ndarray:
+    def _block_input(self, x: np.ndarray) -> torch.Tensor:
+        """The block's input ``(C, *in_region)`` on the device, to cut its tiles from there:
+        one host-to-device copy per block rather than a stacked copy of every batch, and the
+        host does no per-tile work while the device computes.
+
+        Along axes shorter than one tile (the whole volume is shorter, so the one tile there
+        covers the block's whole input) it is padded up to the tile here, once per block.
+        """
         grid = self.plan.grid
-        sl = tuple(
-            slice(o - r.start, o - r.start + v)
-            for o, r, v in zip(origin, in_region, grid.valid, strict=True)
-        )
-        tile = x[(slice(None), *sl)]
         pad = [(0, t - v) for t, v in zip(grid.tile, grid.valid, strict=True)]
         if any(p for _, p in pad):
-            # Only along axes shorter than one tile: the same padding for every block.
-            modes = "reflect" if min(tile.shape[1:]) > 1 else "edge"
-            tile = np.pad(tile, [(0, 0), *pad], mode=modes)
-        return tile
+            x = np.pad(x, [(0, 0), *pad], mode="reflect" if min(grid.valid) > 1 else "edge")
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.pin:
+            xt = xt.pin_memory()
+        return xt.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def __call__(
@@ -357,14 +358,15 @@ class _BlockRunner:
         wsum = None if grid.crop else torch.zeros(shape, dtype=torch.float32,
                                                   device=self.device)
         pieces = grid.pieces(region)
+        xt = self._block_input(x)
         start = 0
         while start < len(pieces):
             batch = pieces[start : start + self.batch_size]
-            xb = torch.from_numpy(
-                np.stack([self._tile_input(x, in_region, o) for o, _ in batch]))
-            if self.pin:
-                xb = xb.pin_memory()
-            xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
+            xb = torch.stack([
+                xt[(slice(None), *(slice(o - r.start, o - r.start + t)
+                                   for o, r, t in zip(origin, in_region, grid.tile, strict=True)))]
+                for origin, _ in batch
+            ]).contiguous(memory_format=self.fmt)
             try:
                 yb = self._forward(xb)
             except torch.OutOfMemoryError as err:
@@ -681,7 +683,10 @@ def _run_blocks(
 
     reader = cf.ThreadPoolExecutor(max_workers=max(1, config.prefetch),
                                    thread_name_prefix="nu-read")
-    writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nu-write")
+    # Blocks are chunk-aligned and each marker has its own chunk, so blocks can be compressed
+    # and written in parallel (on a GPU the writing, not the network, is what takes time).
+    writer = cf.ThreadPoolExecutor(max_workers=max(1, config.prefetch),
+                                   thread_name_prefix="nu-write")
     reads: collections.deque[tuple[int, cf.Future]] = collections.deque()
     writes: collections.deque[tuple[int, cf.Future]] = collections.deque()
     queue = collections.deque(todo)

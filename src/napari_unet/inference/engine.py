@@ -610,8 +610,9 @@ def _block_arrays(
     if config.mode == "logits":
         return "logits", logits.cpu().numpy()
     if config.mode == "probabilities":
-        probs = postprocess.probabilities(logits)
-        return "probabilities", probs.cpu().numpy().astype(config.probability_dtype)
+        # Cast on the device: half the bytes to move, and no slow float16 rounding on the host.
+        probs = postprocess.probabilities(logits).to(getattr(torch, config.probability_dtype))
+        return "probabilities", probs.cpu().numpy()
     name = "labels" if config.mode == "semantic" else "semantic"
     return name, postprocess.semantic(logits, config.threshold).cpu().numpy()
 
@@ -626,7 +627,9 @@ def read_block(
     """Normalised input of one block: the region its tiles need, ``(C, *region)``."""
     lead, region = unit
     in_region = plan.grid.input_region(plan.grid.tiles_touching(region))
-    x = np.asarray(canonical[(*lead, slice(None), *in_region)].compute(scheduler="synchronous"))
+    # Threads: the chunks of one block are read and decompressed in parallel (a GPU consumes
+    # blocks faster than one thread decompresses them).
+    x = np.asarray(canonical[(*lead, slice(None), *in_region)].compute(scheduler="threads"))
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         where = ", ".join(f"{s.start}:{s.stop}" for s in in_region)
         raise InputError(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of this project as one short script, for a lent CUDA machine that has
-# PyTorch but no network (the workplace's device tool; about 6 minutes, each step capped).
+# PyTorch but no network (the workplace's device tool; at most 9 minutes, each step capped).
 #
 #   bash benchmarks/device_check.sh fetch   # here, with network: the missing packages as
 #                                           # wheels in .whl/ (Python 3.12, x86-64 Linux)
@@ -42,10 +42,11 @@ python3 -c "import torch, napari_unet; print('torch', torch.__version__, torch.c
     | tee -a "$OUT/gpu.txt" || exit 1
 
 status=0
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/core/test_gpu.py 2>&1 \
-    | tee "$OUT/test_gpu.txt" || status=1
-timeout 240 python3 benchmarks/gpu_throughput.py --peak-tflops 790 2>&1 \
+# The throughput table first: it is what only a GPU can tell, and each row prints as it ends.
+timeout 330 python3 benchmarks/gpu_throughput.py --peak-tflops 790 2>&1 \
     | tee "$OUT/gpu_throughput.txt" || status=1
-timeout 150 python3 benchmarks/training_throughput.py --device cuda --steps 40 --rounds 2 2>&1 \
+timeout 100 python3 -m pytest -q -p no:cacheprovider tests/core/test_gpu.py 2>&1 \
+    | tee "$OUT/test_gpu.txt" || status=1
+timeout 120 python3 benchmarks/training_throughput.py --device cuda --steps 40 --rounds 2 2>&1 \
     | tee "$OUT/training_cuda.txt" || status=1
 exit $status

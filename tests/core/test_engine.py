@@ -218,7 +218,16 @@ def test_model_that_inverts_bright_background_sees_fluorescence_either_way(rng):
     assert nu.predict(model, 1000.0 - x, mode="logits", device="cpu")[0, 15, 20] < 0.1
 
 
-def test_out_of_memory_halves_the_batch_and_goes_on(rng):
+TOO_LARGE = {
+    "out of memory": lambda: torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+    # cuDNN's answer for tensors past its size limits (seen on an H200)
+    "no cudnn engine": lambda: RuntimeError(
+        "GET was unable to find an engine to execute this computation"),
+}
+
+
+@pytest.mark.parametrize("error", list(TOO_LARGE))
+def test_out_of_memory_halves_the_batch_and_goes_on(rng, error):
     class RunsOutAboveTwo(torch.nn.Module):
         """Raises the error a GPU raises when more than two tiles are run at once."""
 
@@ -230,7 +239,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(rng):
         def forward(self, x):
             self.batches.append(x.shape[0])
             if x.shape[0] > 2:
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+                raise TOO_LARGE[error]()
             return x * 2.0
 
     x = rng.random((64, 64)).astype(np.float32)
@@ -247,10 +256,17 @@ def test_out_of_memory_halves_the_batch_and_goes_on(rng):
 
     class NeverFits(RunsOutAboveTwo):
         def forward(self, x):
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise TOO_LARGE[error]()
 
     with pytest.raises(InputError, match="smaller tile"):
         nu.predict(NeverFits(), x, mode="logits", tile=16, device="cpu")
+
+    class Broken(RunsOutAboveTwo):
+        def forward(self, x):
+            raise RuntimeError("a bug in the model")
+
+    with pytest.raises(RuntimeError, match="a bug in the model"):  # not taken for memory
+        nu.predict(Broken(), x, mode="logits", tile=16, device="cpu")
 
 
 def test_default_tile_grows_where_that_computes_less():
@@ -353,6 +369,8 @@ def test_batch_that_fits_free_memory():
     assert batch_that_fits(80 * gib, gib) == 32
     assert batch_that_fits(80 * gib, 0.1 * gib) == 64  # capped
     assert batch_that_fits(gib, 4 * gib) == 1  # even one tile may not fit: OOM handling
+    # 80 GiB would hold 32 tiles, but their largest activation would pass 2**30 elements.
+    assert batch_that_fits(80 * gib, gib, per_tile_elements=2**25 + 1) == 16
     assert measure_batch_size(tiny_unet(2), (64, 64), 1, torch.device("cpu"), "fp32") == (
         CPU_BATCH)
 

@@ -36,11 +36,12 @@ def test_gpu_fp32_matches_cpu_and_bf16_is_close(dims, rng, tmp_path):
 def test_gpu_automatic_batch_gives_the_same_result(rng):
     x = rng.normal(0, 1, (40, 64, 64)).astype(np.float32)
     model = tiny_unet(3, out_channels=2)
-    auto = nu.predict(model, x, mode="semantic", tile=(16, 32, 32), device="cuda",
-                      precision="fp32", batch_size="auto")
-    fixed = nu.predict(model, x, mode="semantic", tile=(16, 32, 32), device="cuda",
-                       precision="fp32", batch_size=1)
-    np.testing.assert_array_equal(auto, fixed)
+    common = dict(mode="probabilities", probability_dtype="float32", tile=(16, 32, 32),
+                  device="cuda", precision="fp32")
+    auto = nu.predict(model, x, batch_size="auto", **common)
+    fixed = nu.predict(model, x, batch_size=1, **common)
+    # cuDNN may pick another algorithm per batch size: the same numbers up to rounding.
+    np.testing.assert_allclose(auto, fixed, atol=1e-5)
 
 
 def test_gpu_training_with_autocast_runs_and_resumes(tmp_path):

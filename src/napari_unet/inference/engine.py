@@ -36,6 +36,7 @@ from .device import (
     release_memory,
     select_device,
     select_precision,
+    too_large,
 )
 from .layout import Layout, resolve_layout
 from .store import OutputStore, fingerprint
@@ -369,7 +370,9 @@ class _BlockRunner:
             ]).contiguous(memory_format=self.fmt)
             try:
                 yb = self._forward(xb)
-            except torch.OutOfMemoryError as err:
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not too_large(err):
+                    raise
                 del xb
                 release_memory(self.device)
                 if self.batch_size == 1:

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Augmenter", "margin_for"]
+__all__ = ["Augmenter", "Draw", "margin_for", "is_axis_permutation"]
 
 
 def margin_for(patch: tuple[int, ...]) -> tuple[int, ...]:
@@ -48,6 +48,31 @@ def _interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
     m[np.arange(n_out), lo] = 1.0 - frac
     m[np.arange(n_out), lo + 1] = frac
     return m
+
+
+def is_axis_permutation(m: np.ndarray) -> bool:
+    """``m`` only flips and permutes axes (no resampling needed)."""
+    a = np.abs(m)
+    return bool(np.allclose(a.sum(axis=0), 1) and np.allclose(a, np.round(a)))
+
+
+@dataclasses.dataclass
+class Draw:
+    """The random choices of one augmented patch: everything but its pixels.
+
+    ``matrix`` maps output to input coordinates (flips, 90-degree turns, rotation, scale);
+    ``fields`` are the coarse elastic displacements per axis (None: no elastic deformation;
+    an axis entry None: none along that axis); the intensity changes are None where not drawn.
+    """
+
+    matrix: np.ndarray
+    fields: list[np.ndarray | None] | None = None
+    gamma: float | None = None
+    contrast: float | None = None
+    brightness: float | None = None
+    blur: float | None = None
+    noise: float | None = None
+    noise_seed: int = 0  # the device's generator for the noise (augment_batch)
 
 
 @dataclasses.dataclass
@@ -110,6 +135,30 @@ class Augmenter:
             m = m @ np.diag(zoom)
         return m
 
+    def draw(self, rng: np.random.Generator, patch: tuple[int, ...]) -> Draw:
+        """The random choices of one augmented patch, in a fixed order (so that a seed gives
+        the same patch whether it is then made here or on the training device)."""
+        nd = self.spatial_dims
+        m = self.spatial_matrix(rng, tuple(patch))
+        fields = None
+        if rng.random() < self.p_elastic:
+            # Smooth random displacement: a coarse random grid, upsampled when applied.
+            coarse = [max(2, p // 32) for p in patch]
+            fields = [None if (self.anisotropic and nd == 3 and d == 0)
+                      else rng.normal(0.0, self.elastic_alpha, size=coarse) for d in range(nd)]
+        d = Draw(m, fields)
+        if rng.random() < self.p_gamma:
+            d.gamma = math.exp(rng.uniform(math.log(0.7), math.log(1.5)))
+        if rng.random() < self.p_contrast:
+            d.contrast = rng.uniform(0.75, 1.25)
+        if rng.random() < self.p_brightness:
+            d.brightness = rng.uniform(-0.1, 0.1)
+        if rng.random() < self.p_blur:
+            d.blur = rng.uniform(0.5, 1.0)
+        if rng.random() < self.p_noise:
+            d.noise = rng.uniform(0.0, 0.08)
+        return d
+
     def __call__(
         self,
         image: np.ndarray,
@@ -118,17 +167,15 @@ class Augmenter:
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cut an augmented ``patch`` from the centre of ``image`` (C, ...) / ``target`` (...)."""
-        image, target = self._spatial(image, target, patch, rng)
-        return self._intensity(image, rng), target
+        d = self.draw(rng, patch)
+        image, target = self._spatial(image, target, patch, d)
+        return self._intensity(image, d, rng), target
 
-    def _spatial(self, image, target, patch, rng):
+    def _spatial(self, image, target, patch, d: Draw):
         nd = self.spatial_dims
         region = np.asarray(target.shape, dtype=np.float64)
-        m = self.spatial_matrix(rng, tuple(patch))
-        elastic = rng.random() < self.p_elastic
-        is_axis_permutation = np.allclose(np.abs(m).sum(axis=0), 1) and np.allclose(
-            np.abs(m), np.round(np.abs(m)))
-        if is_axis_permutation and not elastic:
+        m = d.matrix
+        if d.fields is None and is_axis_permutation(m):
             return self._exact(image, target, patch, m)
         grid = np.stack(np.meshgrid(*[np.arange(p, dtype=np.float64) - (p - 1) / 2.0
                                       for p in patch], indexing="ij"))
@@ -136,20 +183,19 @@ class Augmenter:
         # threads, which keep spinning after the call and were measured to slow the model's
         # next forward pass by ~40% (3D, 2 cores); the plain loops of einsum are as fast here.
         coords = np.einsum("ij,j...->i...", m, grid)
-        if elastic:
-            # Smooth random displacement: a coarse random grid, upsampled (separable linear
-            # interpolation: products with small matrices, 40x faster than a cubic ndi.zoom
-            # in 3D).
-            coarse = [max(2, p // 32) for p in patch]
-            up = [_interpolation_matrix(c, p) for c, p in zip(coarse, patch, strict=True)]
-            for d in range(nd):
-                if self.anisotropic and nd == 3 and d == 0:
+        if d.fields is not None:
+            # Separable linear interpolation of the coarse grid: products with small
+            # matrices, 40x faster than a cubic ndi.zoom in 3D.
+            up = [_interpolation_matrix(c, p)
+                  for c, p in zip(next(f for f in d.fields if f is not None).shape, patch,
+                                  strict=True)]
+            for axis_d, field in enumerate(d.fields):
+                if field is None:
                     continue
-                field = rng.normal(0.0, self.elastic_alpha, size=coarse)
-                for axis, m in enumerate(up):
+                for axis, w in enumerate(up):
                     field = np.moveaxis(
-                        np.einsum("pc,c...->p...", m, np.moveaxis(field, axis, 0)), 0, axis)
-                coords[d] += field
+                        np.einsum("pc,c...->p...", w, np.moveaxis(field, axis, 0)), 0, axis)
+                coords[axis_d] += field
         coords += ((region - 1) / 2.0).reshape((nd,) + (1,) * nd)
         x = np.stack([ndi.map_coordinates(c, coords, order=1, mode="reflect") for c in image])
         t = ndi.map_coordinates(target, coords, order=0, mode="reflect")
@@ -177,20 +223,19 @@ class Augmenter:
             x = np.flip(x, axis=[j + 1 for j in flip])
         return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(t)
 
-    def _intensity(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.random() < self.p_gamma:
+    @staticmethod
+    def _intensity(x: np.ndarray, d: Draw, rng: np.random.Generator) -> np.ndarray:
+        if d.gamma is not None:
             lo, hi = float(x.min()), float(x.max())
             if hi > lo:
-                g = math.exp(rng.uniform(math.log(0.7), math.log(1.5)))
-                x = ((x - lo) / (hi - lo)) ** g * (hi - lo) + lo
-        if rng.random() < self.p_contrast:
+                x = ((x - lo) / (hi - lo)) ** d.gamma * (hi - lo) + lo
+        if d.contrast is not None:
             mean = x.mean(axis=tuple(range(1, x.ndim)), keepdims=True)
-            x = (x - mean) * rng.uniform(0.75, 1.25) + mean
-        if rng.random() < self.p_brightness:
-            x = x + rng.uniform(-0.1, 0.1)
-        if rng.random() < self.p_blur:
-            sigma = [0.0] + [rng.uniform(0.5, 1.0)] * (x.ndim - 1)
-            x = ndi.gaussian_filter(x, sigma=sigma)
-        if rng.random() < self.p_noise:
-            x = x + rng.normal(0.0, rng.uniform(0.0, 0.08), size=x.shape)
+            x = (x - mean) * d.contrast + mean
+        if d.brightness is not None:
+            x = x + d.brightness
+        if d.blur is not None:
+            x = ndi.gaussian_filter(x, sigma=[0.0] + [d.blur] * (x.ndim - 1))
+        if d.noise is not None:
+            x = x + rng.normal(0.0, d.noise, size=x.shape)
         return x.astype(np.float32, copy=False)

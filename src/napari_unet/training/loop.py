@@ -343,16 +343,20 @@ def train_iter(
                 with autocast(device, precision):
                     logits = model(x)
                 loss = loss_fn(logits.float(), t)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training diverged at epoch {epoch + 1}, step {step + 1} (loss "
-                        f"{loss.item()}); lower the learning rate (lr={config.lr})"
-                    )
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                # Checked after the step, at the one wait for the device per step: a check
+                # before backward would idle a GPU while the backward pass is launched.  A
+                # diverged step only changes the weights in memory (nothing is saved).
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"training diverged at epoch {epoch + 1}, step {step + 1} (loss "
+                        f"{value}); lower the learning rate (lr={config.lr})"
+                    )
                 global_step += 1
-                losses.append(loss.item())
+                losses.append(value)
                 yield Progress("train", epoch * config.steps_per_epoch + step + 1,
                                config.epochs * config.steps_per_epoch,
                                f"epoch {epoch + 1} loss {losses[-1]:.4f}")

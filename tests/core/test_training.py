@@ -312,3 +312,69 @@ def test_patch_pipeline_and_batches_do_not_depend_on_it():
     first = runs[0][0][1][0]
     assert not np.array_equal(first, runs[0][1][1][0])  # steps differ
     assert not np.array_equal(first[0], first[1])  # and so do the patches of a batch
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_device_augmentation_makes_the_cpu_path_patches(dims, rng):
+    """augment_batch (what a GPU runs) follows the same choices as the patch threads' scipy
+    path: same resampling, same intensity changes; only the noise comes from elsewhere."""
+    import dataclasses
+
+    from scipy import ndimage as ndi
+
+    from napari_unet.training.augment import margin_for
+    from napari_unet.training.augment_device import augment_batch
+    from napari_unet.training.data import PatchSampler, prepare_pairs
+
+    patch = (48, 64) if dims == 2 else (16, 24, 32)
+    region = tuple(p + 2 * m for p, m in zip(patch, margin_for(patch), strict=True))
+    image = ndi.gaussian_filter(rng.random((2, *region)), 2).astype(np.float32)
+    target = (ndi.gaussian_filter(rng.random(region), 3) * 40).astype(np.int64) % 4
+    aug = Augmenter(dims, anisotropic=dims == 3, p_elastic=0.5, p_blur=0.5)
+    draws = [aug.draw(np.random.default_rng(s), patch) for s in range(12)]
+    draws = [dataclasses.replace(d, noise=None) for d in draws]
+    assert {d.fields is None for d in draws} == {True, False}
+    assert {d.blur is None for d in draws} == {True, False}
+    x, t = augment_batch(torch.from_numpy(np.stack([image] * 12)),
+                         torch.from_numpy(np.stack([target] * 12)), draws, patch)
+    assert x.shape == (12, 2, *patch) and t.shape == (12, *patch) and t.dtype == torch.int64
+    for b, d in enumerate(draws):
+        xn, tn = aug._spatial(image, target, patch, d)
+        xn = Augmenter._intensity(xn, d, None)
+        np.testing.assert_allclose(x[b].numpy(), xn, atol=2e-5)
+        np.testing.assert_array_equal(t[b].numpy(), tn)
+
+    # The noise: seeded per patch (repeatable), of the drawn strength.
+    noisy = dataclasses.replace(draws[0], gamma=None, contrast=None, brightness=None,
+                                blur=None, noise=0.05, noise_seed=7)
+    calm = dataclasses.replace(noisy, noise=None)
+    args = (torch.from_numpy(image[None]), torch.from_numpy(target[None]))
+    n1 = augment_batch(*args, [noisy], patch)[0] - augment_batch(*args, [calm], patch)[0]
+    n2 = augment_batch(*args, [noisy], patch)[0] - augment_batch(*args, [calm], patch)[0]
+    assert torch.equal(n1, n2) and abs(float(n1.std()) - 0.05) < 0.005
+
+    # The sampler's regions + draws give the patches of its CPU path.
+    pairs, _ = prepare_pairs([synthetic_nuclei((64, 96) if dims == 2 else (24, 48, 64),
+                                               seed=1)], dims, "instances", patch, (1, 99.8))
+    quiet = Augmenter(dims, p_noise=0.0)
+    sampler = PatchSampler(pairs, patch, "instances", 1, 0.5, quiet)
+    xs, ts, ds = sampler.batch(4, (0, 0, 3), regions=True)
+    xa, ta = augment_batch(torch.from_numpy(xs), torch.from_numpy(ts), ds, patch)
+    xc, tc = sampler.batch(4, (0, 0, 3))
+    np.testing.assert_allclose(xa.numpy(), xc, atol=2e-5)
+    np.testing.assert_array_equal(ta.numpy(), tc)
+
+
+def test_training_with_device_augmentation_repeats(tmp_path, monkeypatch):
+    """The GPU's training path (augmentation on the device), run on the CPU."""
+    import napari_unet.training.loop as loop
+
+    monkeypatch.setattr(loop, "augment_on_device", lambda device, augmenter: True)
+    pairs = [synthetic_nuclei((64, 64), seed=s) for s in range(3)]
+    cfg = TrainConfig(**TINY, label_mode="instances")
+    a = nu.train(pairs, cfg, run_dir=tmp_path / "a")
+    b = nu.train(pairs, cfg, run_dir=tmp_path / "b")
+    assert a.stopped == "finished" and np.isfinite(a.best_val_dice)
+    wa = nu.load_model(a.last_model).state_dict()
+    wb = nu.load_model(b.last_model).state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

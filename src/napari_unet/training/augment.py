@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Augmenter", "Draw", "margin_for", "is_axis_permutation"]
+__all__ = ["Augmenter", "Draw", "margin_for", "is_axis_permutation", "noise_seed"]
 
 
 def margin_for(patch: tuple[int, ...]) -> tuple[int, ...]:
@@ -54,6 +54,12 @@ def is_axis_permutation(m: np.ndarray) -> bool:
     """``m`` only flips and permutes axes (no resampling needed)."""
     a = np.abs(m)
     return bool(np.allclose(a.sum(axis=0), 1) and np.allclose(a, np.round(a)))
+
+
+def noise_seed(rng: np.random.Generator) -> int:
+    """A seed for the training device's noise generator (:mod:`.augment_device`), drawn after
+    all of a patch's other choices."""
+    return int(rng.integers(0, 2**62))
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..io import InputError, open_volume
 from ..normalize import Normalization, percentile_normalization
-from .augment import Augmenter, margin_for
+from .augment import Augmenter, Draw, margin_for, noise_seed
 from .targets import IGNORE, make_target
 
 __all__ = [
@@ -302,21 +302,36 @@ class PatchSampler:
         x, t = self.read(k, start, margin_for(self.patch))
         return self.augmenter(x, t, self.patch, rng)
 
-    def batch(self, batch_size: int, seed: Sequence[int], pool: Executor | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-        """A batch whose content depends only on ``seed`` (so runs and resumes repeat).
+    def sample_region(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Draw]:
+        """The region around a patch (its margin on every side), un-augmented, and the
+        random choices that make the augmented patch of :meth:`sample` from it (applied on
+        the training device by :func:`~.augment_device.augment_batch`)."""
+        assert self.augmenter is not None
+        k, start = self._draw(rng)
+        x, t = self.read(k, start, margin_for(self.patch))
+        d = self.augmenter.draw(rng, self.patch)
+        if d.noise is not None:
+            d.noise_seed = noise_seed(rng)
+        return x, t, d
+
+    def batch(self, batch_size: int, seed: Sequence[int], pool: Executor | None = None,
+              regions: bool = False) -> tuple[Any, ...]:
+        """A batch ``(images, targets)`` whose content depends only on ``seed`` (so runs and
+        resumes repeat); with ``regions``, ``(regions, region targets, draws)`` to augment on
+        the training device (:meth:`sample_region`).
 
         Each patch draws from its own stream (``seed`` and its index), so a thread ``pool``
         may cut the patches in parallel without changing them.
         """
         seeds = [[*seed, i] for i in range(batch_size)]
 
-        def draw(s: list[int]) -> tuple[np.ndarray, np.ndarray]:
-            return self.sample(np.random.default_rng(s))
+        def draw(s: list[int]) -> tuple[Any, ...]:
+            rng = np.random.default_rng(s)
+            return self.sample_region(rng) if regions else self.sample(rng)
 
         patches = list(pool.map(draw, seeds)) if pool is not None else [draw(s) for s in seeds]
-        xs, ts = zip(*patches, strict=True)
-        return np.stack(xs), np.stack(ts)
+        xs, ts, *draws = zip(*patches, strict=True)
+        return (np.stack(xs), np.stack(ts), *(list(d) for d in draws))
 
     def fixed_patches(self, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """``n`` un-augmented patches drawn once (the validation set of a run)."""

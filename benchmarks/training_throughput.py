@@ -1,5 +1,7 @@
 """Training steps/s of napari-unet's loop (lazy patches from zarr + augmentation) vs a bare
-torch loop on in-memory tensors, same model, batch and precision; plus the data pipeline alone.
+torch loop on in-memory tensors, same model, batch and precision; plus the data pipeline alone:
+augmented patches/s of one patch thread (the CPU path) and regions/s (cut and normalised, with
+their random choices: what a patch thread does when a GPU augments on the device).
 
     .venv/bin/python benchmarks/training_throughput.py [--dims 2 3] [--steps 30] [--rounds 3]
         [--device cuda]
@@ -85,7 +87,7 @@ def our_loop(dims, setup, steps, precision, work, device):
     return 1.0 / float(np.median(gaps))
 
 
-def pipeline(dims, setup, work):
+def pipeline(dims, setup, work, regions=False):
     import zarr
 
     from napari_unet.training.augment import Augmenter
@@ -98,7 +100,7 @@ def pipeline(dims, setup, work):
     n = 4 * setup["batch"]
     t0 = time.perf_counter()
     for k in range(4):
-        sampler.batch(setup["batch"], (0, 0, k))
+        sampler.batch(setup["batch"], (0, 0, k), regions=regions)
     return n / (time.perf_counter() - t0)
 
 
@@ -123,18 +125,21 @@ def main() -> None:
         bare, ours = float(np.median(bares)), float(np.median(ourss))
         ratio = float(np.median(np.array(ourss) / np.array(bares)))
         pps = pipeline(dims, setup, work)
+        rps = pipeline(dims, setup, work, regions=True)
         rows.append({"dims": dims, "bare_steps_per_s": bare, "ours_steps_per_s": ours,
                      "ratio": ratio, "ratios": [o / b for o, b in zip(ourss, bares, strict=True)],
                      "pipeline_patches_per_s_1_thread": pps,
+                     "regions_per_s_1_thread": rps,
                      "model_patches_per_s": bare * setup["batch"]})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}, "
           f"device {args.device}")
     print(f"{'dims':>4} {'bare steps/s':>13} {'ours steps/s':>13} {'ratio':>6} "
-          f"{'per round':>18} {'pipeline patch/s':>17} {'model patch/s':>14}")
+          f"{'per round':>18} {'pipeline patch/s':>17} {'regions/s':>10} {'model patch/s':>14}")
     for r in rows:
         rounds = " ".join(f"{v:.2f}" for v in r["ratios"])
         print(f"{r['dims']:>4} {r['bare_steps_per_s']:>13.3f} {r['ours_steps_per_s']:>13.3f} "
               f"{r['ratio']:>6.2f} {rounds:>18} {r['pipeline_patches_per_s_1_thread']:>17.1f} "
+              f"{r['regions_per_s_1_thread']:>10.1f} "
               f"{r['model_patches_per_s']:>14.1f}")
     print(json.dumps(rows))
 

@@ -56,3 +56,22 @@ def test_gpu_training_with_autocast_runs_and_resumes(tmp_path):
     model = nu.load_model(resumed.best_model)
     out = nu.predict(model, pairs[0][0], mode="instances", device="cuda")
     assert out.shape == pairs[0][0].shape
+
+
+def test_gpu_augmentation_matches_the_cpu(rng):
+    from napari_unet.training.augment import Augmenter, margin_for
+    from napari_unet.training.augment_device import augment_batch
+
+    for dims, patch in ((2, (64, 64)), (3, (16, 32, 32))):
+        region = tuple(p + 2 * m for p, m in zip(patch, margin_for(patch), strict=True))
+        x = torch.from_numpy(rng.random((6, 1, *region)).astype(np.float32))
+        t = torch.from_numpy(rng.integers(0, 4, (6, *region)))
+        aug = Augmenter(dims, p_elastic=0.5, p_blur=0.5)
+        draws = [aug.draw(np.random.default_rng(s), patch) for s in range(6)]
+        xc, tc = augment_batch(x, t, draws, patch)
+        xg, tg = augment_batch(x.cuda(), t.cuda(), draws, patch)
+        noisy = [d.noise is not None for d in draws]
+        for b in range(6):
+            if not noisy[b]:  # (the noise comes from each device's own generator)
+                torch.testing.assert_close(xg[b].cpu(), xc[b], atol=1e-4, rtol=0)
+            assert (tg[b].cpu() != tc[b]).float().mean() < 0.01  # ties may round apart

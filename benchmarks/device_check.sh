@@ -5,6 +5,7 @@
 #   bash benchmarks/device_check.sh fetch   # here, with network: the missing packages as
 #                                           # wheels in .whl/ (Python 3.12, x86-64 Linux)
 #   bash benchmarks/device_check.sh         # there, from the repository root, with .whl carried
+#   QUICK=1 bash benchmarks/device_check.sh # the same with only our defaults in the GPU table
 #
 # There it installs the wheels into /tmp/site, runs the package from src/ (no install), and
 # writes every log to $OUT (or /tmp/device-check): the CUDA tests (tests/core/test_gpu.py),
@@ -43,10 +44,11 @@ python3 -c "import torch, napari_unet; print('torch', torch.__version__, torch.c
 
 status=0
 # The throughput table first: it is what only a GPU can tell, and each row prints as it ends.
-timeout 330 python3 benchmarks/gpu_throughput.py --peak-tflops 790 2>&1 \
+timeout 330 python3 benchmarks/gpu_throughput.py --peak-tflops 790 ${QUICK:+--quick} 2>&1 \
     | tee "$OUT/gpu_throughput.txt" || status=1
 timeout 100 python3 -m pytest -q -p no:cacheprovider tests/core/test_gpu.py 2>&1 \
     | tee "$OUT/test_gpu.txt" || status=1
-timeout 120 python3 benchmarks/training_throughput.py --device cuda --steps 40 --rounds 2 2>&1 \
+timeout 150 python3 benchmarks/training_throughput.py --device cuda --steps 40 --rounds 2 \
+    --diagnose 2>&1 \
     | tee "$OUT/training_cuda.txt" || status=1
 exit $status

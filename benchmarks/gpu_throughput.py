@@ -18,7 +18,7 @@ spent them: reading + normalising blocks, the network + blending on the device, 
 to the host, compressing + writing).  On a machine without CUDA it runs the same code on the
 CPU at tiny sizes, so it cannot rot.
 
-    .venv/bin/python benchmarks/gpu_throughput.py [--peak-tflops 790] [--dims 3 2]
+    .venv/bin/python benchmarks/gpu_throughput.py [--peak-tflops 790] [--dims 3 2] [--quick]
 """
 
 from __future__ import annotations
@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=790.0,
                         help="bf16 dense peak of the GPU (H100/H200 SXM measured ~790)")
     parser.add_argument("--dims", type=int, nargs="+", default=[3, 2])
+    parser.add_argument("--quick", action="store_true", help="only our defaults (auto)")
     args = parser.parse_args()
     import torch
     import zarr
@@ -204,7 +205,7 @@ def main() -> None:
             print(f"{dims}D {shape}: {fpv / 1e6:.3f} MFLOP per output voxel, bf16 limit "
                   f"{peak / fpv / 1e6:.0f} Mvox/s", flush=True)
             print(head, flush=True)
-            for tile, batch in case["choices"]:
+            for tile, batch in case["choices"][:1] if args.quick else case["choices"]:
                 torch.backends.cudnn.benchmark = False
                 run_tile, run_batch, redundancy = plan_of(model, shape, dims, tile, batch,
                                                           device)

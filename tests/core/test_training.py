@@ -88,6 +88,38 @@ def test_losses_ignore_unlabelled_voxels():
     assert soft_dice_loss(perfect, torch.ones(1, 4, 4, dtype=torch.long)) < 1e-3
 
 
+@pytest.mark.parametrize("device_path", [False, True])
+def test_losses_match_torch_and_vanish_without_labels(device_path, monkeypatch):
+    """The losses ask the device nothing mid-step on a GPU (device_path: the branches a GPU
+    takes, run here); values as torch's own, and 0 with zero gradients where all is ignored."""
+    import torch.nn.functional as F
+
+    import napari_unet.training.losses as losses
+
+    if device_path:
+        monkeypatch.setattr(losses, "_free_to_ask", lambda x: False)
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, :3] = IGNORE
+    w = torch.tensor([1.0, 2.0, 3.0])
+    torch.testing.assert_close(make_loss("ce", False, w)(logits, target),
+                               F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE))
+    torch.testing.assert_close(make_loss("ce_dice", False, w)(logits, target),
+                               _reference_ce_dice(logits, target, w))
+    b_logits, b_target = logits[:, :1], target.clamp(max=1)
+    valid = b_target != IGNORE
+    torch.testing.assert_close(
+        losses._bce(b_logits, b_target),
+        F.binary_cross_entropy_with_logits(b_logits[:, 0][valid], b_target[valid].float()))
+    for name, binary, lo in (("ce_dice", False, logits), ("ce", False, logits),
+                             ("bce_dice", True, b_logits)):
+        lo = lo.clone().requires_grad_(True)
+        value = make_loss(name, binary, None)(lo, torch.full_like(target, IGNORE))
+        value.backward()
+        assert torch.isfinite(value) and float(lo.grad.abs().sum()) == 0.0
+
+
 def _reference_ce_dice(logits, target, weight):
     """CE + soft Dice written out with a one-hot tensor (the textbook form)."""
     import torch.nn.functional as F
@@ -294,6 +326,7 @@ def test_patch_pipeline_and_batches_do_not_depend_on_it():
     assert patch_pipeline(torch.device("cpu"), cpus=2) == (2, 0)  # cut between steps
     assert patch_pipeline(torch.device("cuda"), cpus=16) == (8, 8)  # work ahead
     assert patch_pipeline(torch.device("cuda"), cpus=2) == (2, 2)
+    assert patch_pipeline(torch.device("cuda"), cpus=16, on_device=True) == (4, 4)
     pairs, _ = prepare_pairs([synthetic_nuclei((96, 96), seed=1)], 2, "instances", (32, 32),
                              (1.0, 99.8))
     sampler = PatchSampler(pairs, (32, 32), "instances", 1, 0.5, Aug(2))

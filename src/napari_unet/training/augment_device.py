@@ -25,28 +25,37 @@ from .augment import Draw
 __all__ = ["augment_batch"]
 
 
-def _coordinates(draws: Sequence[Draw], patch: tuple[int, ...], region: tuple[int, ...],
-                 device: torch.device) -> torch.Tensor:
-    """Input coordinates ``(B, nd, *patch)`` of every output voxel, in region voxels."""
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on ``device`` without waiting for it: a copy from pageable memory
+    would first wait for everything queued on the device (the previous step)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def _coordinates(draws: Sequence[Draw], patch: tuple[int, ...], device: torch.device
+                 ) -> torch.Tensor:
+    """Input coordinates ``(B, nd, *patch)`` of every output voxel, relative to the centre
+    of the region, in voxels."""
     nd = len(patch)
     axes = [torch.arange(p, dtype=torch.float32, device=device) - (p - 1) / 2.0 for p in patch]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
-    m = torch.as_tensor(np.stack([d.matrix for d in draws]), dtype=torch.float32, device=device)
+    m = _to_device(np.stack([d.matrix for d in draws]).astype(np.float32), device)
     coords = torch.einsum("bij,j...->bi...", m, grid)
-    elastic = [b for b, d in enumerate(draws) if d.fields is not None]
+    elastic = [d for d in draws if d.fields is not None]
     if elastic:
-        coarse = next(f for f in draws[elastic[0]].fields if f is not None).shape
-        fields = np.zeros((len(elastic), nd, *coarse), dtype=np.float32)
-        for i, b in enumerate(elastic):
-            for axis, f in enumerate(draws[b].fields):
+        coarse = next(f for f in elastic[0].fields if f is not None).shape
+        fields = np.zeros((len(draws), nd, *coarse), dtype=np.float32)
+        for b, d in enumerate(draws):
+            for axis, f in enumerate(d.fields or ()):
                 if f is not None:
-                    fields[i, axis] = f
+                    fields[b, axis] = f
         # Linear interpolation with the end points aligned, as the CPU path does.
-        up = F.interpolate(torch.from_numpy(fields).to(device), size=tuple(patch),
-                           mode="bilinear" if nd == 2 else "trilinear", align_corners=True)
-        coords[elastic] += up
-    centre = torch.tensor([(r - 1) / 2.0 for r in region], dtype=torch.float32, device=device)
-    return coords + centre.view(1, nd, *([1] * nd))
+        coords = coords + F.interpolate(_to_device(fields, device), size=tuple(patch),
+                                        mode="bilinear" if nd == 2 else "trilinear",
+                                        align_corners=True)
+    return coords
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -74,27 +83,26 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _intensity(x: torch.Tensor, draws: Sequence[Draw]) -> torch.Tensor:
-    """The intensity changes of each patch of ``x`` (B, C, *patch), in the CPU path's order."""
+    """The intensity changes of each patch of ``x`` (B, C, *patch), in the CPU path's order.
+    Which patch gets which change is known on the host: nothing here waits for the device."""
     b_axes = tuple(range(1, x.ndim))
     c_axes = tuple(range(2, x.ndim))
     view = (-1,) + (1,) * (x.ndim - 1)
-
-    def flags(values: list[bool]) -> torch.Tensor:
-        return torch.tensor(values, device=x.device).view(view)
-
+    # Per patch: gamma on, gamma, contrast on, contrast, brightness.
+    params = _to_device(np.array(
+        [[d.gamma is not None, d.gamma or 1.0, d.contrast is not None, d.contrast or 1.0,
+          d.brightness or 0.0] for d in draws], dtype=np.float32), x.device)
+    col = [params[:, k].view(view) for k in range(params.shape[1])]
     if any(d.gamma is not None for d in draws):
         lo, hi = x.amin(dim=b_axes, keepdim=True), x.amax(dim=b_axes, keepdim=True)
-        g = torch.tensor([d.gamma or 1.0 for d in draws], device=x.device).view(view)
         span = (hi - lo).clamp_min(1e-12)
-        changed = ((x - lo) / span).clamp_min(0.0) ** g * span + lo
-        # A flat patch stays as it is (as on the CPU).
-        x = torch.where(flags([d.gamma is not None for d in draws]) & (hi > lo), changed, x)
+        changed = ((x - lo) / span).clamp_min(0.0) ** col[1] * span + lo
+        x = torch.where((col[0] > 0) & (hi > lo), changed, x)  # a flat patch stays as it is
     if any(d.contrast is not None for d in draws):
         mean = x.mean(dim=c_axes, keepdim=True)
-        c = torch.tensor([d.contrast or 1.0 for d in draws], device=x.device).view(view)
-        x = torch.where(flags([d.contrast is not None for d in draws]), (x - mean) * c + mean, x)
+        x = torch.where(col[2] > 0, (x - mean) * col[3] + mean, x)
     if any(d.brightness is not None for d in draws):
-        x = x + torch.tensor([d.brightness or 0.0 for d in draws], device=x.device).view(view)
+        x = x + col[4]
     if any(d.blur is not None for d in draws):
         x = torch.stack([_gaussian_blur(xi, d.blur) if d.blur is not None else xi
                          for xi, d in zip(x, draws, strict=True)])
@@ -135,13 +143,13 @@ def augment_batch(
     """
     patch = tuple(int(p) for p in patch)
     region = tuple(int(r) for r in x.shape[2:])
-    nd = len(patch)
-    coords = _coordinates(draws, patch, region, x.device)
+    coords = _coordinates(draws, patch, x.device)
     # grid_sample's grid: the last axis holds (x, y[, z]) scaled to [-1, 1], where -1 and 1
     # are the outer edges of the end voxels (align_corners=False), so that its "reflection"
-    # mirrors at the border as scipy's "reflect" does.
-    size = torch.tensor(region, dtype=torch.float32, device=x.device).view(1, nd, *([1] * nd))
-    grid = ((2.0 * coords + 1.0) / size - 1.0).flip(1).movedim(1, -1)
+    # mirrors at the border as scipy's "reflect" does.  Voxel c of an axis of r voxels is
+    # at (2c + 1) / r - 1, and c = coords + (r - 1) / 2.
+    grid = torch.stack([coords[:, a] * (2.0 / r) for a, r in enumerate(region)], dim=-1)
+    grid = grid.flip(-1)
     xo = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection",
                        align_corners=False)
     to = F.grid_sample(t[:, None].float(), grid, mode="nearest", padding_mode="reflection",

@@ -14,6 +14,12 @@ from .targets import IGNORE
 __all__ = ["make_loss", "soft_dice_loss", "dice_score"]
 
 
+def _free_to_ask(x: torch.Tensor) -> bool:
+    """Whether a data-dependent branch on ``x`` costs nothing: on the CPU it does; on a GPU it
+    would wait for the device mid-step (and idle it while the backward pass is launched)."""
+    return x.device.type == "cpu"
+
+
 def _class_dice(probs: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
     """Soft Dice per class from probabilities ``(N, C, ...)``, ignoring IGNORE voxels.
 
@@ -25,14 +31,16 @@ def _class_dice(probs: torch.Tensor, target: torch.Tensor, eps: float) -> torch.
     safe = target.clamp_min(0)
     p_true = probs.gather(1, safe.unsqueeze(1))[:, 0]
     valid = target != IGNORE
-    if bool(valid.all()):
+    if _free_to_ask(probs) and bool(valid.all()):
         p_sum = probs.sum(dims)
         flat = safe.reshape(-1)
     else:  # ignored voxels count nowhere: not in the sums, not as any class
         p_true = p_true * valid
         p_sum = (probs * valid.unsqueeze(1)).sum(dims)
         flat = torch.where(valid, safe, n_classes).reshape(-1)
-    counts = torch.bincount(flat, minlength=n_classes + 1)[:n_classes].to(probs.dtype)
+    # index_add, not bincount: bincount waits for the device (it sizes its output first).
+    counts = torch.zeros(n_classes + 1, dtype=torch.int64, device=probs.device).index_add_(
+        0, flat, torch.ones_like(flat))[:n_classes].to(probs.dtype)
     inter = torch.zeros(n_classes + 1, dtype=probs.dtype, device=probs.device)
     inter = inter.index_add(0, flat, p_true.reshape(-1))[:n_classes]
     return (2 * inter + eps) / (p_sum + counts + eps)
@@ -49,40 +57,46 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 def _binary_dice(probs: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
     y = target.clamp_min(0).to(probs.dtype)
     valid = target != IGNORE
-    if not bool(valid.all()):
+    if not (_free_to_ask(probs) and bool(valid.all())):
         probs, y = probs * valid, y * valid
     return (2 * (probs * y).sum() + eps) / (probs.sum() + y.sum() + eps)
 
 
 def _bce(logits, target, weight=None):
+    """Binary cross-entropy, mean over the labelled voxels (0 where none is labelled)."""
     valid = target != IGNORE
-    if not valid.any():
-        return logits.sum() * 0.0
-    if bool(valid.all()):
-        x, y = logits[:, 0].float(), target.float()
-    else:
-        x, y = logits[:, 0][valid].float(), target[valid].float()
+    x = logits[:, 0].float()
+    y = target.clamp_min(0).to(x.dtype)
     pos_weight = None
     if weight is not None:
         pos_weight = (weight[1] / weight[0]).to(x.device)
-    return F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight)
+    per = F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight, reduction="none")
+    return (per * valid).sum() / valid.sum().clamp_min(1).to(x.dtype)
 
 
 def _ce_dice(logits, target, weight=None, eps: float = 1.0):
     """Cross-entropy + soft Dice from one log-softmax (values as the two losses apart)."""
     logp = F.log_softmax(logits.float(), dim=1)
     dice = 1.0 - _class_dice(logp.exp(), target, eps)[1:].mean()
-    if not (target != IGNORE).any():
-        return dice + logits.sum() * 0.0
-    w = weight.to(logits.device) if weight is not None else None
-    return F.nll_loss(logp, target, weight=w, ignore_index=IGNORE) + dice
+    return _weighted_mean_nll(logp, target, weight) + dice
+
+
+def _weighted_mean_nll(logp, target, weight=None):
+    """``F.nll_loss(logp, target, weight, ignore_index=IGNORE)`` (the weighted mean over the
+    labelled voxels), and 0 with zero gradients where no voxel is labelled, without asking
+    the device which case it is."""
+    valid = target != IGNORE
+    w = weight.to(logp.device) if weight is not None else None
+    total = F.nll_loss(logp, target, weight=w, ignore_index=IGNORE, reduction="sum")
+    if w is None:
+        count = valid.sum().to(logp.dtype)
+    else:
+        count = (w[target.clamp_min(0)] * valid).sum()
+    return total / count.clamp_min(1e-12)
 
 
 def _ce(logits, target, weight=None):
-    if not (target != IGNORE).any():
-        return logits.sum() * 0.0
-    w = weight.to(logits.device) if weight is not None else None
-    return F.cross_entropy(logits.float(), target, weight=w, ignore_index=IGNORE)
+    return _weighted_mean_nll(F.log_softmax(logits.float(), dim=1), target, weight)
 
 
 def _focal(logits, target, weight=None, gamma: float = 2.0):

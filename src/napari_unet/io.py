@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -57,23 +56,6 @@ def _ome_multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
     return None
 
 
-# Dask chunks of a zarr-backed array: whole storage chunks, about this many bytes, so that
-# reading a block is a few zarr calls of many storage chunks each, which zarr decompresses in
-# parallel.  One task per storage chunk (1 MiB) read a 176x512x512 float32 block 2.3x slower
-# on 2 cores (0.67 s vs 0.29 s), and the gap grows with the cores.  Small reads (a napari
-# plane, a sample for the percentiles) still read only the storage chunks they touch.
-READ_CHUNK_BYTES = 32 * 2**20
-
-
-def lazy_zarr(array: Any) -> da.Array:
-    """A dask array over a zarr array, in chunks of :data:`READ_CHUNK_BYTES` (whole storage
-    chunks)."""
-    if not array.shape or 0 in array.shape:
-        return da.from_zarr(array)
-    with dask.config.set({"array.chunk-size": READ_CHUNK_BYTES}):
-        return da.from_zarr(array, chunks="auto")
-
-
 def _open_zarr_path(path: Path) -> tuple[da.Array, VolumeInfo]:
     import zarr
 
@@ -83,18 +65,18 @@ def _open_zarr_path(path: Path) -> tuple[da.Array, VolumeInfo]:
         raise InputError(f"{str(path)!r} is not a readable zarr store: {err}") from err
     source = str(path)
     if isinstance(node, zarr.Array):
-        return lazy_zarr(node), VolumeInfo(source)
+        return da.from_zarr(node), VolumeInfo(source)
     attrs = dict(node.attrs)
     ours = attrs.get(RESULT_ATTR)
     if isinstance(ours, dict) and ours.get("result") in node:
-        return lazy_zarr(node[ours["result"]]), VolumeInfo(source)
+        return da.from_zarr(node[ours["result"]]), VolumeInfo(source)
     multiscales = _ome_multiscales(attrs)
     if multiscales:
         ms = multiscales[0]
         datasets = ms.get("datasets", [])
         if not datasets:
             raise InputError(f"{source}: OME-Zarr multiscales lists no datasets")
-        levels = [lazy_zarr(node[d["path"]]) for d in datasets]
+        levels = [da.from_zarr(node[d["path"]]) for d in datasets]
         axes = ms.get("axes")
         axes_str = None
         if axes:
@@ -107,7 +89,7 @@ def _open_zarr_path(path: Path) -> tuple[da.Array, VolumeInfo]:
         return levels[0], VolumeInfo(source, scale, axes_str, tuple(levels[1:]))
     arrays = sorted(name for name, _ in node.arrays())
     if len(arrays) == 1:
-        return lazy_zarr(node[arrays[0]]), VolumeInfo(source)
+        return da.from_zarr(node[arrays[0]]), VolumeInfo(source)
     raise InputError(
         f"{source} is a zarr group with arrays {arrays or 'none'}; pass the path of one "
         f"array, e.g. {source}/{arrays[0] if arrays else 'NAME'}"
@@ -132,9 +114,9 @@ def _open_tiff(path: Path) -> tuple[da.Array, VolumeInfo]:
         raise InputError(f"{str(path)!r} is not a readable TIFF file: {err}") from err
     if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0 first
         keys = sorted(node.array_keys(), key=lambda k: int(k) if k.isdigit() else k)
-        levels = [lazy_zarr(node[k]) for k in keys]
+        levels = [da.from_zarr(node[k]) for k in keys]
         return levels[0], VolumeInfo(str(path), scale, axes, tuple(levels[1:]))
-    return lazy_zarr(node), VolumeInfo(str(path), scale, axes)
+    return da.from_zarr(node), VolumeInfo(str(path), scale, axes)
 
 
 def _tiff_scale(tif: Any, axes: str | None) -> tuple[float, ...] | None:
@@ -199,7 +181,7 @@ def open_volume(source: Any) -> tuple[da.Array, VolumeInfo]:
     elif isinstance(source, da.Array):
         arr, info = source, VolumeInfo("dask array")
     elif isinstance(source, zarr.Array):
-        arr, info = lazy_zarr(source), VolumeInfo("zarr array")
+        arr, info = da.from_zarr(source), VolumeInfo("zarr array")
     elif isinstance(source, np.ndarray):
         arr, info = da.from_array(source, chunks=source.shape or ()), VolumeInfo("numpy array")
     elif hasattr(source, "shape") and hasattr(source, "dtype") and hasattr(source, "__getitem__"):

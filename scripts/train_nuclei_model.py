@@ -56,7 +56,12 @@ targets score AP@0.5 0.985 against the labels.  Merges cause most of the misses 
 the 438 unmatched gray objects lie in a predicted object that also covers another one), so a
 contact class 2 px wide into each object (boundary ring still 1 px; target ceiling 0.9825) was
 tried as a fine-tuning of the shipped model (30 minutes, 100 epochs): AP@0.5 0.776, Dice 0.892 --
-worse, not kept.
+worse, not kept.  Nor can post-processing split the merges (val, from the shipped model's
+probabilities; ``predict``'s own seeds + regrowth reproduce AP@0.5 0.788): watershed of the
+seeds on their distance transform from h-maxima (h = 1 / 2 / 3 px: 0.683 / 0.700 / 0.658) or on
+the smoothed interior probability (0.712-0.775); the same only for seeds larger than 1.5 / 2 /
+3x the image's median (0.781 / 0.790 / 0.791); seeds from an interior probability above 0.5 /
+0.6 / 0.7 instead of the argmax, regrown by 2-4 px (0.770-0.795, mean AP lower throughout).
 
 Colour images are averaged to gray (the model's metadata asks ``predict`` to do the same).
 """

@@ -411,3 +411,14 @@ def test_training_with_device_augmentation_repeats(tmp_path, monkeypatch):
     wa = nu.load_model(a.last_model).state_dict()
     wb = nu.load_model(b.last_model).state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_diverged_training_stops_with_advice_and_saves_nothing_new(tmp_path, monkeypatch):
+    import napari_unet.training.loop as loop
+
+    monkeypatch.setattr(loop, "make_loss",
+                        lambda *a, **k: lambda logits, t: logits.float().mean() * float("nan"))
+    pairs = [synthetic_nuclei((64, 64), seed=s) for s in range(2)]
+    with pytest.raises(FloatingPointError, match="diverged at epoch 1, step 1.*learning rate"):
+        nu.train(pairs, TrainConfig(**TINY), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "best.safetensors").exists()

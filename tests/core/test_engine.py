@@ -371,6 +371,14 @@ def test_batch_that_fits_free_memory():
     assert batch_that_fits(gib, 4 * gib) == 1  # even one tile may not fit: OOM handling
     # 80 GiB would hold 32 tiles, but their largest activation would pass 2**30 elements.
     assert batch_that_fits(80 * gib, gib, per_tile_elements=2**25 + 1) == 16
+
+    # What the GPU probe counts: the U-Net's largest tensor is a decoder input (the
+    # upsampled features concatenated with the skip: 2 x base filters at full size).
+    from napari_unet.inference.device import largest_tensor
+
+    net = nu.UNet(spatial_dims=2, depth=2, base_filters=4, out_channels=2).eval()
+    with torch.no_grad():
+        assert largest_tensor(net, torch.zeros(1, 1, 32, 32)) == 2 * 4 * 32 * 32
     assert measure_batch_size(tiny_unet(2), (64, 64), 1, torch.device("cpu"), "fp32") == (
         CPU_BATCH)
 

@@ -112,8 +112,19 @@ def test_losses_match_torch_and_vanish_without_labels(device_path, monkeypatch):
     torch.testing.assert_close(
         losses._bce(b_logits, b_target),
         F.binary_cross_entropy_with_logits(b_logits[:, 0][valid], b_target[valid].float()))
+    bw = torch.tensor([1.0, 3.0])
+    torch.testing.assert_close(
+        losses._bce(b_logits, b_target, bw),
+        F.binary_cross_entropy_with_logits(b_logits[:, 0][valid], b_target[valid].float(),
+                                           pos_weight=bw[1] / bw[0]))
+    # Focal loss: the weighted mean over the labelled voxels, written out.
+    keep = target != IGNORE
+    logp = F.log_softmax(logits, 1).gather(1, target.clamp_min(0)[:, None])[:, 0][keep]
+    wv = w[target[keep]]
+    torch.testing.assert_close(make_loss("focal", False, w)(logits, target),
+                               (-((1 - logp.exp()) ** 2) * logp * wv).sum() / wv.sum())
     for name, binary, lo in (("ce_dice", False, logits), ("ce", False, logits),
-                             ("bce_dice", True, b_logits)):
+                             ("focal", False, logits), ("bce_dice", True, b_logits)):
         lo = lo.clone().requires_grad_(True)
         value = make_loss(name, binary, None)(lo, torch.full_like(target, IGNORE))
         value.backward()
@@ -377,6 +388,13 @@ def test_device_augmentation_makes_the_cpu_path_patches(dims, rng):
         np.testing.assert_allclose(x[b].numpy(), xn, atol=2e-5)
         np.testing.assert_array_equal(t[b].numpy(), tn)
 
+    # The blur mirrors like scipy's, also along an axis shorter than its kernel.
+    from napari_unet.training.augment_device import _gaussian_blur
+
+    thin = rng.random((1, 2, 5, 9)).astype(np.float32)
+    np.testing.assert_allclose(_gaussian_blur(torch.from_numpy(thin), 0.9).numpy(),
+                               ndi.gaussian_filter(thin, [0, 0.9, 0.9, 0.9]), atol=1e-6)
+
     # The noise: seeded per patch (repeatable), of the drawn strength.
     noisy = dataclasses.replace(draws[0], gamma=None, contrast=None, brightness=None,
                                 blur=None, noise=0.05, noise_seed=7)
@@ -422,3 +440,18 @@ def test_diverged_training_stops_with_advice_and_saves_nothing_new(tmp_path, mon
     with pytest.raises(FloatingPointError, match="diverged at epoch 1, step 1.*learning rate"):
         nu.train(pairs, TrainConfig(**TINY), run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_fp32_on_cuda_turns_tensorfloat32_off_for_the_run():
+    """precision="fp32" on CUDA: TF32 off inside the run, as it was afterwards (the switches
+    are plain settings, so this runs without a GPU)."""
+    from napari_unet.inference.device import _tf32_switches, exact_fp32
+
+    switches = _tf32_switches()
+    before = [getattr(o, a) for o, a, _ in switches]
+    with exact_fp32(torch.device("cuda"), "fp32"):
+        assert [getattr(o, a) for o, a, _ in switches] == [v for _, _, v in switches]
+    assert [getattr(o, a) for o, a, _ in switches] == before
+    for device, precision in ((torch.device("cuda"), "bf16"), (torch.device("cpu"), "fp32")):
+        with exact_fp32(device, precision):
+            assert [getattr(o, a) for o, a, _ in switches] == before

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import torch
 
 __all__ = ["select_device", "select_precision", "autocast", "release_memory", "memory_format",
-           "batch_that_fits", "measure_batch_size", "inference_module", "too_large", "CPU_BATCH"]
+           "batch_that_fits", "measure_batch_size", "inference_module", "too_large",
+           "exact_fp32", "CPU_BATCH"]
 
 # Tiles per forward pass where there is no device memory to fit (CPU, MPS): larger batches
 # gain nothing on a CPU and cost memory.
@@ -110,25 +111,53 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """Mixed-precision context for ``precision``.
-
-    "fp32" disables autocast and, on CUDA, TensorFloat-32 (PyTorch's default for convolutions,
-    which keeps only 10 mantissa bits: measured 3e-4 off the CPU's probabilities on an H200),
-    so that fp32 means fp32 on every device.
-    """
+    """Mixed-precision context for ``precision`` ("fp32" disables autocast; see also
+    :func:`exact_fp32`)."""
     if precision == "fp32":
-        if device.type != "cuda":
-            yield
-            return
-        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        yield
         return
     with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
         yield
+
+
+def _tf32_switches() -> list[tuple[object, str, object]]:
+    """(object, attribute, value for exact fp32) of PyTorch's TensorFloat-32 switches: the
+    per-backend ``fp32_precision`` where this torch has it, else the legacy ``allow_tf32``
+    (torch refuses to read one kind after the other was set, so only one kind is used)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if hasattr(conv, "fp32_precision") and hasattr(matmul, "fp32_precision"):
+        return [(conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    return [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device, precision: str) -> Iterator[None]:
+    """For a run in "fp32" on CUDA: TensorFloat-32 off for its duration (forward and backward),
+    restored afterwards.
+
+    PyTorch computes fp32 convolutions in TF32 on CUDA by default (10 mantissa bits: measured
+    3e-4 off the CPU's probabilities on an H200), so without this "fp32" would not mean fp32.
+    The switches are process-wide: other threads computing meanwhile run in exact fp32 too.
+    Where they were set elsewhere with both of PyTorch's APIs, they are left alone.
+    """
+    if precision != "fp32" or device.type != "cuda":
+        yield
+        return
+    switches = _tf32_switches()
+    try:
+        saved = [getattr(obj, name) for obj, name, _ in switches]
+    except RuntimeError:  # the legacy and the new API mixed elsewhere: the user's choice
+        saved = None
+    if saved is not None:
+        for obj, name, value in switches:
+            setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            for (obj, name, _), value in zip(switches, saved, strict=True):
+                setattr(obj, name, value)
 
 
 def release_memory(device: torch.device) -> None:
@@ -167,6 +196,28 @@ def batch_that_fits(free_bytes: float, per_tile_bytes: float, fraction: float = 
     return min(1 << (n.bit_length() - 1), cap)
 
 
+def largest_tensor(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Elements of the largest tensor that goes into or comes out of any submodule of
+    ``module`` in a forward pass of ``x`` (inputs too: the largest tensor of a U-Net is a
+    decoder's input, upsampled features concatenated with the skip connection, which no
+    module returns)."""
+    largest = 0
+
+    def note(_module, inputs, output) -> None:
+        nonlocal largest
+        for t in (*inputs, output):
+            if isinstance(t, torch.Tensor):
+                largest = max(largest, t.numel())
+
+    handles = [m.register_forward_hook(note) for m in module.modules()]
+    try:
+        module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return largest
+
+
 def measure_batch_size(module: torch.nn.Module, tile: tuple[int, ...], in_channels: int,
                        device: torch.device, precision: str) -> int:
     """Tiles per forward pass for ``device``: on CUDA, measured -- the peak memory of a
@@ -182,20 +233,8 @@ def measure_batch_size(module: torch.nn.Module, tile: tuple[int, ...], in_channe
     torch.cuda.reset_peak_memory_stats(device)
     x = torch.zeros((2, in_channels, *tile), device=device).contiguous(
         memory_format=memory_format(len(tile)))
-    largest = 0
-
-    def note_size(_module, _inputs, output) -> None:
-        nonlocal largest
-        if isinstance(output, torch.Tensor):
-            largest = max(largest, output.numel())
-
-    handles = [m.register_forward_hook(note_size) for m in module.modules()]
-    try:
-        with torch.inference_mode(), autocast(device, precision):
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.inference_mode(), autocast(device, precision):
+        largest = largest_tensor(module, x)
     torch.cuda.synchronize(device)
     per_tile = (torch.cuda.max_memory_allocated(device) - base) / 2
     del x

@@ -30,6 +30,7 @@ from ..normalize import DEFAULT_PERCENTILES, Normalization, percentile_normaliza
 from .device import (
     CPU_BATCH,
     autocast,
+    exact_fp32,
     inference_module,
     measure_batch_size,
     memory_format,
@@ -360,6 +361,17 @@ class _BlockRunner:
                                                   device=self.device)
         pieces = grid.pieces(region)
         xt = self._block_input(x)
+        with exact_fp32(self.device, self.precision):
+            self._run_pieces(xt, pieces, in_region, region, acc, wsum)
+        return acc if wsum is None else acc / wsum
+
+    def _run_pieces(self, xt: torch.Tensor, pieces: list, in_region: tuple[slice, ...],
+                    region: tuple[slice, ...], acc: torch.Tensor,
+                    wsum: torch.Tensor | None) -> None:
+        """Run ``pieces`` (tile origins and the spans they write) of the block's input ``xt``
+        (``in_region`` of the volume) through the model in batches, blending into ``acc``
+        (and ``wsum``)."""
+        grid = self.plan.grid
         start = 0
         while start < len(pieces):
             batch = pieces[start : start + self.batch_size]
@@ -399,7 +411,6 @@ class _BlockRunner:
                 w = self.weights[src]
                 acc[(slice(None), *dst)] += y[(slice(None), *src)] * w
                 wsum[dst] += w
-        return acc if wsum is None else acc / wsum
 
 
 def _job(model_record: dict[str, Any], array: Any, source: str, layout: Any,

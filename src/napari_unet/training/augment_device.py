@@ -71,10 +71,10 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     for axis in range(nd):
         dim = axis + 2
         n = y.shape[dim]
-        # Half-sample symmetric padding (scipy's "reflect"; torch's "reflect" skips the edge).
-        left = y.narrow(dim, 0, min(r, n)).flip(dim)
-        right = y.narrow(dim, n - min(r, n), min(r, n)).flip(dim)
-        y = torch.cat([left, y, right], dim=dim)
+        # Half-sample symmetric padding, repeated as often as the kernel needs (scipy's
+        # "reflect", also along an axis shorter than the kernel; torch's skips the edge).
+        idx = torch.arange(-r, n + r, device=x.device) % (2 * n)
+        y = y.index_select(dim, torch.where(idx < n, idx, 2 * n - 1 - idx))
         shape = [1] * nd
         shape[axis] = 2 * r + 1
         weight = k.view(1, 1, *shape).expand(x.shape[0], 1, *shape)

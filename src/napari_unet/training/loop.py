@@ -15,6 +15,7 @@ and ``resume=True`` continues exactly where a cancelled or killed run stopped.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import dataclasses
 import math
@@ -33,6 +34,7 @@ from ..config import TrainConfig
 from ..events import EpochEnd, Progress, StageStarted
 from ..inference.device import (
     autocast,
+    exact_fp32,
     memory_format,
     release_memory,
     select_device,
@@ -276,8 +278,9 @@ def train_iter(
     weights = None
     if config.class_weights == "auto" and config.loss != "dice":
         sample = sampler.fixed_patches(min(64, 4 * config.batch_size), config.seed + 1)
+        # On the training device from the start: a copy per step would wait for the device.
         weights = torch.tensor(class_weights([t for _, t in sample], n_classes),
-                               dtype=torch.float32)
+                               dtype=torch.float32, device=device)
     loss_fn = make_loss(config.loss, binary, weights)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -351,6 +354,8 @@ def train_iter(
     threads, ahead = patch_pipeline(device, on_device=on_device)
     pool = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nu-patches",
                                  initializer=_lower_priority if ahead else None)
+    numerics = contextlib.ExitStack()  # fp32 on CUDA: no TF32, forward and backward
+    numerics.enter_context(exact_fp32(device, precision))
     try:
         for epoch in range(start_epoch, config.epochs):
             if epoch != start_epoch or start_step == 0:
@@ -416,6 +421,7 @@ def train_iter(
                 stopped = "early stopping"
                 break
     finally:
+        numerics.close()
         pool.shutdown(wait=True, cancel_futures=True)
         model.cpu()
         release_memory(device)

@@ -100,22 +100,19 @@ def _ce(logits, target, weight=None):
 
 
 def _focal(logits, target, weight=None, gamma: float = 2.0):
-    valid = target != IGNORE
-    if not valid.any():
-        return logits.sum() * 0.0
+    """Focal loss, (weighted) mean over the labelled voxels (0 where none is labelled)."""
     logits = logits.float()
+    safe = target.clamp_min(0)
     if logits.shape[1] == 1:
-        x = logits[:, 0][valid]
-        y = target[valid].float()
-        logp = -F.binary_cross_entropy_with_logits(x, y, reduction="none")
+        logp = -F.binary_cross_entropy_with_logits(logits[:, 0], safe.float(),
+                                                   reduction="none")
     else:
-        logp_all = F.log_softmax(logits, dim=1)
-        logp = logp_all.gather(1, target.clamp_min(0).unsqueeze(1))[:, 0][valid]
+        logp = F.log_softmax(logits, dim=1).gather(1, safe.unsqueeze(1))[:, 0]
     loss = -((1 - logp.exp()) ** gamma) * logp
+    w = (target != IGNORE).to(loss.dtype)
     if weight is not None:
-        w = weight.to(logits.device)[target[valid]]
-        return (loss * w).sum() / w.sum()
-    return loss.mean()
+        w = w * weight.to(logits.device)[safe]
+    return (loss * w).sum() / w.sum().clamp_min(1e-12)
 
 
 def make_loss(name: str, binary: bool, class_weights: torch.Tensor | None = None):

@@ -168,10 +168,12 @@ def release_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-# Elements of the largest activation of one forward pass, at most: cuDNN has no kernel for
-# some tensors past 2**31 elements ("unable to find an engine", seen on an H200 with 64 tiles
-# of 96**3 voxels x 32 channels in bf16).  Half of that leaves room for the engine growing a
-# crop grid's tiles by up to 1.5x within the same budget.
+# Elements of the largest tensor of one forward pass, at most.  On an H200 the automatic plan
+# without this cap (the budget of 64 tiles of 96**3 grown into one 256 x 512 x 512 tile: 2**31
+# elements in the first layer's output, 32 channels, bf16) failed in cuDNN with "GET was
+# unable to find an engine"; under it the plan (then 160 x 512 x 512) ran.  The cause inside
+# cuDNN was not isolated; 32-bit indexing limits are the usual one.  Half of 2**31 leaves room
+# for the engine growing a crop grid's tiles by up to 1.5x within the same budget.
 MAX_ELEMENTS = 2**30
 
 

@@ -455,3 +455,28 @@ def test_fp32_on_cuda_turns_tensorfloat32_off_for_the_run():
     for device, precision in ((torch.device("cuda"), "bf16"), (torch.device("cpu"), "fp32")):
         with exact_fp32(device, precision):
             assert [getattr(o, a) for o, a, _ in switches] == before
+
+
+def test_out_of_memory_in_training_says_what_to_change_and_keeps_the_weights(tmp_path,
+                                                                              monkeypatch):
+    import napari_unet.training.loop as loop
+
+    class Hungry(loop.UNet):
+        """Raises what a GPU raises when more than two patches are trained at once."""
+
+        def forward(self, x):
+            if self.training and x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().forward(x)
+
+    pairs = [synthetic_nuclei((64, 64), seed=s) for s in range(2)]
+    fits = nu.train(pairs, TrainConfig(**{**TINY, "batch_size": 2, "epochs": 1}),
+                    run_dir=tmp_path / "fits")
+    monkeypatch.setattr(loop, "UNet", Hungry)
+    with pytest.raises(InputError, match=r"ran out of memory on cpu at epoch 1, step 1 "
+                                         r"\(batch_size 4 .*e\.g\. 2\).*init_model"):
+        nu.train(pairs, TrainConfig(**{**TINY, "batch_size": 4}), run_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "last.safetensors").exists()
+    # The weights kept are a model that loads (the untrained start, here).
+    assert nu.load_model(tmp_path / "run" / "last.safetensors").config == \
+        nu.load_model(fits.last_model).config

@@ -39,6 +39,7 @@ from ..inference.device import (
     release_memory,
     select_device,
     select_precision,
+    too_large,
 )
 from ..io import InputError
 from ..model.checkpoint import load_model, save_model
@@ -368,18 +369,39 @@ def train_iter(
                     save_last(epoch, step)
                     stopped = "cancelled"
                     break
-                x = torch.as_tensor(batch[0]).to(device, non_blocking=True)
-                t = torch.as_tensor(batch[1]).to(device, non_blocking=True)
-                if on_device:
-                    x, t = augment_batch(x, t, batch[2], patch)
-                x = x.contiguous(memory_format=fmt)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, precision):
-                    logits = model(x)
-                loss = loss_fn(logits.float(), t)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                stepping = False
+                try:
+                    x = torch.as_tensor(batch[0]).to(device, non_blocking=True)
+                    t = torch.as_tensor(batch[1]).to(device, non_blocking=True)
+                    if on_device:
+                        x, t = augment_batch(x, t, batch[2], patch)
+                    x = x.contiguous(memory_format=fmt)
+                    optimizer.zero_grad(set_to_none=True)
+                    with autocast(device, precision):
+                        logits = model(x)
+                    loss = loss_fn(logits.float(), t)
+                    scaler.scale(loss).backward()
+                    stepping = True
+                    scaler.step(optimizer)
+                    scaler.update()
+                except (torch.OutOfMemoryError, RuntimeError) as err:
+                    if not too_large(err):
+                        raise
+                    # The traceback keeps this frame alive: let go of the step's tensors.
+                    x = t = logits = loss = batch = None
+                    kept = ""
+                    if not stepping:  # the weights are those after the previous step
+                        save_last(epoch, step)
+                        kept = (f"; the weights so far are in "
+                                f"{str(run_dir / 'last.safetensors')!r} (start a new run "
+                                "with init_model set to that file, CLI --init, to go on)")
+                    smaller = ", or precision='bf16'" if precision == "fp32" else ""
+                    raise InputError(
+                        f"training ran out of memory on {device} at epoch {epoch + 1}, step "
+                        f"{step + 1} (batch_size {config.batch_size} of {tuple(patch)} "
+                        f"patches): choose a smaller batch_size (e.g. "
+                        f"{max(1, config.batch_size // 2)}) or patch_size{smaller}{kept}"
+                    ) from err
                 # Checked after the step, at the one wait for the device per step: a check
                 # before backward would idle a GPU while the backward pass is launched.  A
                 # diverged step only changes the weights in memory (nothing is saved).
@@ -423,7 +445,10 @@ def train_iter(
     finally:
         numerics.close()
         pool.shutdown(wait=True, cancel_futures=True)
+        # An error's traceback keeps this frame (and so these) alive: the GPU memory they hold
+        # is handed back now, so that napari need not be restarted.
         model.cpu()
+        optimizer.state.clear()
         release_memory(device)
     best_path = run_dir / "best.safetensors"
     if not best_path.exists():  # cancelled before the first validation

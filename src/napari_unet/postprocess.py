@@ -3,7 +3,9 @@
 Instance labels come from dask-image's ``ndmeasure.label``, which resolves components that
 cross chunk borders through a global relabelling pass, so the result is correct on volumes
 larger than memory.  Labelling runs in two passes through the output store: seed components,
-then size filtering (a per-id voxel count) and regrowth through the boundary class.
+then size filtering (a per-id voxel count) and regrowth through the boundary class.  A frame
+small enough to be one labelling chunk is labelled in memory instead, with the same functions
+and the same result (``instances_in_memory``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = [
     "seed_labels",
     "object_sizes",
     "grow_instances",
+    "instances_in_memory",
     "BOUNDARY_MODE",
 ]
 
@@ -79,6 +82,19 @@ def seed_labels(classes: da.Array, label_mode: str | None = None) -> da.Array:
     seeds = classes == 1 if label_mode == BOUNDARY_MODE else classes > 0
     labels, _ = label(seeds)
     return labels.astype(np.uint32)
+
+
+def instances_in_memory(classes: np.ndarray, label_mode: str | None = None, expand: int = 2,
+                        min_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Both passes on one frame held in memory: ``(seeds, instances)``, equal to what
+    :func:`seed_labels` and :func:`grow_instances` give for a frame in one chunk."""
+    from scipy import ndimage as ndi
+
+    mask = classes == 1 if label_mode == BOUNDARY_MODE else classes > 0
+    seeds = ndi.label(mask)[0].astype(np.uint32)
+    keep = np.bincount(seeds.ravel()) >= max(1, int(min_size))
+    keep[0] = False
+    return seeds, _grow(seeds, classes, keep, expand, label_mode == BOUNDARY_MODE)
 
 
 def object_sizes(seeds: da.Array) -> np.ndarray:

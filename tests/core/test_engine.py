@@ -446,3 +446,19 @@ def test_engine_folds_batch_norm_into_a_copy_and_leaves_the_model_alone(dims, rn
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-4, rtol=1e-4)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("shape", [(60, 70), (3, 40, 50)])
+def test_small_frames_are_labelled_in_memory_with_the_same_result(shape, rng, monkeypatch,
+                                                                   tmp_path):
+    import napari_unet.inference.engine as engine
+
+    x = rng.random(shape).astype(np.float32)
+    model = tiny_unet(len(shape), out_channels=4)
+    model.metadata = {"label_mode": "instances"}  # background / interior / boundary / contact
+    opts = dict(mode="instances", tile=(16,) * len(shape), device="cpu", min_size=3)
+    fast = nu.predict(model, x, tmp_path / "fast.zarr", **opts)[:]
+    monkeypatch.setattr(engine, "IN_MEMORY_LABEL_VOXELS", 0)  # every frame through dask-image
+    slow = nu.predict(model, x, tmp_path / "slow.zarr", **opts)[:]
+    assert fast.max() > 1
+    np.testing.assert_array_equal(fast, slow)

@@ -22,6 +22,20 @@ def memory_format(spatial_dims: int) -> torch.memory_format:
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
+def _copy(module: torch.nn.Module) -> torch.nn.Module:
+    """An independent copy of ``module``: a UNet rebuilt from its configuration and cloned
+    tensors (``copy.deepcopy`` took 45 ms for the built-in model), anything else deep-copied."""
+    import copy
+
+    from ..model.checkpoint import unet_from_state
+    from ..model.unet import UNet
+
+    if type(module) is UNet:
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return unet_from_state(module.config, state).train(module.training)
+    return copy.deepcopy(module)
+
+
 def inference_module(module: torch.nn.Module, device: torch.device,
                      spatial_dims: int) -> torch.nn.Module:
     """The module the engine runs: eval mode, on ``device``, channels-last, and
@@ -34,8 +48,6 @@ def inference_module(module: torch.nn.Module, device: torch.device,
     ~10).  A module with something to fold is copied and
     left as it was (mode, device and weights); any other module runs as it is.
     """
-    import copy
-
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     convs = (torch.nn.Conv2d, torch.nn.Conv3d)
@@ -50,7 +62,7 @@ def inference_module(module: torch.nn.Module, device: torch.device,
                       and isinstance(seq._modules[b], norms)
                       and seq._modules[b].running_mean is not None]
     if pairs:
-        module = copy.deepcopy(module).eval()
+        module = _copy(module).eval()
         for path, a, b in pairs:
             seq = module.get_submodule(path)
             seq._modules[a] = fuse_conv_bn_eval(seq._modules[a], seq._modules[b])

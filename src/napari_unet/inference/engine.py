@@ -763,6 +763,10 @@ def _run_blocks(
         writer.shutdown(wait=True)
 
 
+# Frames up to this size (one labelling chunk) are labelled in memory.
+IN_MEMORY_LABEL_VOXELS = 1 << 22
+
+
 def label_chunks(
     chunks: tuple[int, ...], shape: tuple[int, ...], n_frame_axes: int,
     voxels: int = 1 << 22,
@@ -808,7 +812,17 @@ def _label(
         da.store(arr, target, regions=region, lock=False)
 
     for k, frame in enumerate(frames):
-        if not done[k]:
+        if not done[k] and math.prod(classes.shape[len(frame):]) <= IN_MEMORY_LABEL_VOXELS:
+            # A small frame: both passes in memory (dask-image and two store round trips
+            # took 110 ms of a 256 x 256 image's 220 ms), same result.
+            if cancel is not None and cancel():
+                raise Cancelled("labelling cancelled; running again resumes")
+            seeds, labels = postprocess.instances_in_memory(
+                np.asarray(store["semantic"][(*frame, ...)]), label_mode, expand, min_size)
+            store["seeds"][(*frame, ...)] = seeds
+            store.result[(*frame, ...)] = labels
+            store.mark_frame(k)
+        elif not done[k]:
             if cancel is not None and cancel():
                 raise Cancelled("labelling cancelled; running again resumes")
             put(postprocess.seed_labels(classes[frame], label_mode), store["seeds"], frame)

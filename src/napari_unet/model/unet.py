@@ -114,6 +114,8 @@ class UNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """He (Kaiming) initialisation for ReLU networks; norms start as identity."""
+        if any(p.is_meta for p in self.parameters()):
+            return  # built to receive saved weights (checkpoint.unet_from_state)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

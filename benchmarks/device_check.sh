@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of this project as one short script, for a lent CUDA machine that has
-# PyTorch but no network (the workplace's device tool; at most 9 minutes, each step capped).
+# PyTorch but no network (the workplace's device tool; 3-5 minutes on an H200, each step capped, at most 10).
 #
 #   bash benchmarks/device_check.sh fetch   # here, with network: the missing packages as
 #                                           # wheels in .whl/ (Python 3.12, x86-64 Linux)

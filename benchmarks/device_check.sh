@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of this project as one short script, for a lent CUDA machine that has
-# PyTorch but no network (the workplace's device tool; 3-5 minutes on an H200, each step capped, at most 10).
+# PyTorch but no network (the workplace's device tool): 3-5 minutes on an H200, each step
+# capped, 10 minutes at most.
 #
 #   bash benchmarks/device_check.sh fetch   # here, with network: the missing packages as
 #                                           # wheels in .whl/ (Python 3.12, x86-64 Linux)

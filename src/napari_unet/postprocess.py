@@ -70,6 +70,18 @@ def _grow(seeds: np.ndarray, classes: np.ndarray, keep: np.ndarray, distance: in
     return np.where(classes > 0, grown, 0).astype(np.uint32)
 
 
+def _seed_mask(classes, label_mode: str | None):
+    """Seed voxels: the interior class of boundary models, else all foreground."""
+    return classes == 1 if label_mode == BOUNDARY_MODE else classes > 0
+
+
+def _kept(sizes: np.ndarray, min_size: int) -> np.ndarray:
+    """Per seed id, whether it has at least ``min_size`` voxels (id 0, background, never)."""
+    keep = sizes >= max(1, int(min_size))
+    keep[0] = False
+    return keep
+
+
 def seed_labels(classes: da.Array, label_mode: str | None = None) -> da.Array:
     """Pass 1 of instance labelling: connected components of the seeds of one frame.
 
@@ -79,8 +91,7 @@ def seed_labels(classes: da.Array, label_mode: str | None = None) -> da.Array:
     """
     from dask_image.ndmeasure import label
 
-    seeds = classes == 1 if label_mode == BOUNDARY_MODE else classes > 0
-    labels, _ = label(seeds)
+    labels, _ = label(_seed_mask(classes, label_mode))
     return labels.astype(np.uint32)
 
 
@@ -90,10 +101,8 @@ def instances_in_memory(classes: np.ndarray, label_mode: str | None = None, expa
     :func:`seed_labels` and :func:`grow_instances` give for a frame in one chunk."""
     from scipy import ndimage as ndi
 
-    mask = classes == 1 if label_mode == BOUNDARY_MODE else classes > 0
-    seeds = ndi.label(mask)[0].astype(np.uint32)
-    keep = np.bincount(seeds.ravel()) >= max(1, int(min_size))
-    keep[0] = False
+    seeds = ndi.label(_seed_mask(classes, label_mode))[0].astype(np.uint32)
+    keep = _kept(np.bincount(seeds.ravel()), min_size)
     return seeds, _grow(seeds, classes, keep, expand, label_mode == BOUNDARY_MODE)
 
 
@@ -117,9 +126,7 @@ def grow_instances(
 ) -> da.Array:
     """Pass 2: remove seeds smaller than ``min_size`` voxels and grow the others ``expand``
     voxels into the boundary class (boundary models), staying inside the foreground."""
-    sizes = object_sizes(seeds)
-    keep = sizes >= max(1, int(min_size))
-    keep[0] = False
+    keep = _kept(object_sizes(seeds), min_size)
     grow = label_mode == BOUNDARY_MODE
     return da.map_overlap(
         _grow, seeds, classes, depth=expand if grow else 0, boundary="none",

@@ -171,6 +171,21 @@ def _cut(sampler: PatchSampler, batch_size: int, seed: tuple[int, ...], regions:
     return (*(torch.from_numpy(a).pin_memory() for a in batch[:2]), *batch[2:])
 
 
+def _out_of_memory(config: TrainConfig, device: torch.device, precision: str, epoch: int,
+                   step: int, kept: Path | None) -> InputError:
+    """The error for a step that did not fit the device: what to lower, and where the
+    weights reached so far are (``kept``)."""
+    smaller = ", or precision='bf16'" if precision == "fp32" else ""
+    where = (f"; the weights so far are in {str(kept)!r} (start a new run with init_model "
+             "set to that file, CLI --init, to go on)") if kept is not None else ""
+    return InputError(
+        f"training ran out of memory on {device} at epoch {epoch + 1}, step {step + 1} "
+        f"(batch_size {config.batch_size} of {tuple(config.patch_size)} patches): choose a "
+        f"smaller batch_size (e.g. {max(1, config.batch_size // 2)}) or patch_size"
+        f"{smaller}{where}"
+    )
+
+
 def _evaluate(model, patches, loss_fn, device, precision, batch_size):
     model.eval()
     losses, inter, denom = [], 0.0, 0.0
@@ -389,19 +404,10 @@ def train_iter(
                         raise
                     # The traceback keeps this frame alive: let go of the step's tensors.
                     x = t = logits = loss = batch = None
-                    kept = ""
                     if not stepping:  # the weights are those after the previous step
                         save_last(epoch, step)
-                        kept = (f"; the weights so far are in "
-                                f"{str(run_dir / 'last.safetensors')!r} (start a new run "
-                                "with init_model set to that file, CLI --init, to go on)")
-                    smaller = ", or precision='bf16'" if precision == "fp32" else ""
-                    raise InputError(
-                        f"training ran out of memory on {device} at epoch {epoch + 1}, step "
-                        f"{step + 1} (batch_size {config.batch_size} of {tuple(patch)} "
-                        f"patches): choose a smaller batch_size (e.g. "
-                        f"{max(1, config.batch_size // 2)}) or patch_size{smaller}{kept}"
-                    ) from err
+                    raise _out_of_memory(config, device, precision, epoch, step, None
+                                         if stepping else run_dir / "last.safetensors") from err
                 # Checked after the step, at the one wait for the device per step: a check
                 # before backward would idle a GPU while the backward pass is launched.  A
                 # diverged step only changes the weights in memory (nothing is saved).

@@ -71,7 +71,13 @@ def _bce(logits, target, weight=None):
     if weight is not None:
         pos_weight = (weight[1] / weight[0]).to(x.device)
     per = F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight, reduction="none")
-    return (per * valid).sum() / valid.sum().clamp_min(1).to(x.dtype)
+    return _mean_over(per, valid.to(per.dtype))
+
+
+def _mean_over(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean of per-voxel ``values`` (0 where every weight is 0, e.g. nothing is
+    labelled), without asking the device which case it is."""
+    return (values * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
 def _ce_dice(logits, target, weight=None, eps: float = 1.0):
@@ -112,7 +118,7 @@ def _focal(logits, target, weight=None, gamma: float = 2.0):
     w = (target != IGNORE).to(loss.dtype)
     if weight is not None:
         w = w * weight.to(logits.device)[safe]
-    return (loss * w).sum() / w.sum().clamp_min(1e-12)
+    return _mean_over(loss, w)
 
 
 def make_loss(name: str, binary: bool, class_weights: torch.Tensor | None = None):

@@ -191,6 +191,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, help="U-Net levels (default: the config's, 4)")
     parser.add_argument("--base-filters", type=int,
                         help="filters of the first level (default: the config's, 16)")
+    parser.add_argument("--core", type=float,
+                        help="seeds are object cores: TrainConfig.core (default: the config's)")
     parser.add_argument("--rgb", action="store_true",
                         help="three colour input channels (gray images repeated) instead of gray")
     parser.add_argument("--evaluate-only", action="store_true")
@@ -207,7 +209,8 @@ def main() -> None:
              "plateau_patience": args.plateau_patience,
              "invert": args.invert, "pair_sampling": args.pair_sampling,
              "patch_size": (args.patch, args.patch) if args.patch else None,
-             "batch_size": args.batch_size, "zoom": tuple(args.zoom) if args.zoom else None}
+             "batch_size": args.batch_size, "core": args.core,
+             "zoom": tuple(args.zoom) if args.zoom else None}
     changes = {k: v for k, v in given.items() if v is not None}
     arch = {k: v for k, v in (("depth", args.depth), ("base_filters", args.base_filters))
             if v is not None}

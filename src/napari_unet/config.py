@@ -414,6 +414,11 @@ class TrainConfig(_Config):
         Epochs without improvement before the learning rate is halved.
     boundary_width : int
         Width in pixels of the boundary class (``instances`` mode).
+    core : float
+        ``instances`` mode: with a value in (0, 1), the interior class (the seeds of instance
+        labelling) is each object's core, where the distance to its edge exceeds this share of
+        the object's largest, and the rest of the object is boundary; seeds of touching objects
+        then lie apart by a share of their size.  0: the interior reaches the boundary ring.
     normalize : (float, float)
         Percentiles of the per-image intensity normalisation (stored in the model).
     invert : {"never", "always", "auto"}
@@ -449,6 +454,7 @@ class TrainConfig(_Config):
     patience: int = 20
     plateau_patience: int = 5
     boundary_width: int = 2
+    core: float = 0.0
     normalize: tuple[float, float] = (1.0, 99.8)
     invert: str = "never"
     seed: int = 0
@@ -492,6 +498,9 @@ class TrainConfig(_Config):
             )
         if not 0.0 < float(self.val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= float(self.core) < 1.0:
+            raise ConfigError(f"core must be in [0, 1), got {self.core!r}")
+        object.__setattr__(self, "core", float(self.core))
         zoom = tuple(float(v) for v in self.zoom)
         if len(zoom) != 2 or not 0.0 < zoom[0] <= zoom[1]:
             raise ConfigError(f"zoom must be a range 0 < low <= high, got {self.zoom}")

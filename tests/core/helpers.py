@@ -71,3 +71,19 @@ def tiny_unet(spatial_dims: int = 3, out_channels: int = 2, **kw):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+class Levels(torch.nn.Module):
+    """Intensity level -> class: the class whose level is nearest the normalised intensity
+    wins (e.g. 0 background, 1 interior, 0.5 boundary, 0.25 contact)."""
+
+    def __init__(self, spatial_dims: int, levels: tuple[float, ...], **metadata) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels = 1
+        self.out_channels = len(levels)
+        self.register_buffer("levels", torch.tensor(levels).view(1, -1, *[1] * spatial_dims))
+        self.metadata = dict(metadata)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -100.0 * (x - self.levels) ** 2

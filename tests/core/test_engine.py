@@ -13,7 +13,7 @@ from napari_unet.events import BlockDone, Cancelled, Notice
 from napari_unet.io import InputError
 from napari_unet.normalize import percentile_normalization
 
-from .helpers import Identity, LocalConv, Times, tiny_unet
+from .helpers import Identity, Levels, LocalConv, Times, tiny_unet
 
 
 def _normalised(x: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
@@ -462,3 +462,28 @@ def test_small_frames_are_labelled_in_memory_with_the_same_result(shape, rng, mo
     slow = nu.predict(model, x, tmp_path / "slow.zarr", **opts)[:]
     assert fast.max() > 1
     np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_core_seeds_regrow_as_far_as_the_model_says(tmp_path, monkeypatch, in_memory):
+    """Seeds of a core model (``grow`` in its metadata) refill the whole object; without it
+    they regrow by the boundary ring's width only."""
+    import napari_unet.inference.engine as engine
+
+    if not in_memory:
+        monkeypatch.setattr(engine, "IN_MEMORY_LABEL_VOXELS", 0)
+    yy, xx = np.mgrid[:64, :64]
+    x = np.zeros((64, 64), np.float32)
+    for cy, cx in ((20, 20), (20, 41), (46, 30)):  # two of them touch
+        r = np.hypot(yy - cy, xx - cx)
+        x[(r < 11) & (x == 0)] = 0.5  # boundary
+        x[r < 4] = 1.0  # core
+    opts = dict(mode="instances", normalize=(0, 100), tile=(32, 32), block_shape=(32, 32),
+                device="cpu")
+    ring = nu.predict(Levels(2, (0.0, 1.0, 0.5), label_mode="instances", boundary_width=1),
+                      x, tmp_path / "ring.zarr", **opts)[:]
+    core = nu.predict(Levels(2, (0.0, 1.0, 0.5), label_mode="instances", boundary_width=1,
+                             grow=8), x, tmp_path / "core.zarr", **opts)[:]
+    assert len(np.unique(core[core > 0])) == 3
+    np.testing.assert_array_equal(core > 0, x > 0)  # refilled
+    assert ((ring > 0) & (x == 0.5)).sum() < 0.5 * (x == 0.5).sum()  # grew 2 px only

@@ -70,6 +70,49 @@ def test_instance_target_matches_textbook_form(shape, width):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_core_target_keeps_touching_seeds_apart_by_a_share_of_their_size():
+    from scipy import ndimage as ndi
+    from skimage.segmentation import expand_labels
+
+    from napari_unet.training.targets import grow_distance
+
+    labels = np.zeros((30, 50), int)
+    labels[3:27, 3:25] = 1
+    labels[3:27, 25:47] = 2  # touching object 1 along a column
+    plain = make_target(labels, "instances", boundary_width=1)
+    t = make_target(labels, "instances", boundary_width=1, core=0.5)
+    assert ((t == 3) == (plain == 3)).all() and ((t == 0) == (plain == 0)).all()
+    assert ((t == 1) <= (plain == 1)).all() and (t == 1).sum() < 0.5 * (plain == 1).sum()
+    cores = ndi.label(t == 1)[0]
+    assert cores.max() == 2
+    # the two cores lie apart by far more than the contact's width
+    rows, cols = np.nonzero(t == 1)
+    left, right = cols[cols < 25].max(), cols[cols >= 25].min()
+    assert right - left > 8
+    # one core per object; regrown by grow_distance they give the objects back (exactly
+    # here, where the objects are mirror images; else the split follows the nearer core)
+    grow = grow_distance([t], boundary_width=1)
+    assert grow > 2
+    regrown = np.where(t > 0, expand_labels(cores, grow), 0)
+    for k in (1, 2):
+        ids = np.unique(regrown[labels == k])
+        assert len(ids) == 1 and (regrown == ids[0]).sum() == (labels == k).sum()
+    assert grow_distance([plain], boundary_width=1) == 2
+    with pytest.raises(ConfigError, match="core"):
+        TrainConfig(core=1.0)
+
+
+def test_core_model_stores_how_far_its_seeds_regrow(tmp_path):
+    pairs = [synthetic_nuclei((64, 64), radius=(5, 8), seed=s) for s in range(2)]
+    cfg = TrainConfig(**{**TINY, "epochs": 1}, label_mode="instances", boundary_width=1,
+                      core=0.4)
+    model = nu.load_model(nu.train(pairs, cfg, run_dir=tmp_path / "r").last_model)
+    assert model.metadata["core"] == 0.4
+    assert 2 < model.metadata["grow"] <= 8  # ring of 0.4 x the radius, radius 5-8
+    plain = nu.train(pairs, cfg.replace(core=0.0), run_dir=tmp_path / "p").last_model
+    assert "grow" not in nu.load_model(plain).metadata
+
+
 def test_losses_ignore_unlabelled_voxels():
     logits = torch.randn(2, 3, 8, 8, requires_grad=True)
     target = torch.randint(0, 3, (2, 8, 8))

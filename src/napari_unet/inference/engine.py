@@ -415,7 +415,7 @@ class _BlockRunner:
 
 def _job(model_record: dict[str, Any], array: Any, source: str, layout: Any,
          norm_record: dict[str, Any], plan: _Plan, config: PredictConfig, precision: str,
-         label_mode: str | None, boundary_width: int) -> dict[str, Any]:
+         label_mode: str | None, boundary_width: int, grow: int | None) -> dict[str, Any]:
     """JSON description of a prediction job: everything that changes the numbers written or
     where they go (its fingerprint decides whether an output store resumes)."""
     grid = plan.grid
@@ -433,6 +433,8 @@ def _job(model_record: dict[str, Any], array: Any, source: str, layout: Any,
         "min_size": config.min_size if config.mode == "instances" else None,
         "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
     }
+    if grow is not None:  # core models (jobs of other models keep their fingerprints)
+        job["grow"] = grow
     if grid.crop:  # (blending jobs keep the fingerprint of earlier versions: they resume)
         job["cell"] = list(grid.cell or ())
     return job
@@ -495,6 +497,10 @@ def predict_iter(
     precision = select_precision(config.precision, device)
     label_mode = spec.metadata.get("label_mode")
     boundary_width = int(spec.metadata.get("boundary_width", 2))
+    # Seeds regrow through the boundary class by this many voxels: a model whose seeds are
+    # object cores stores how far its boundary reaches (``grow``), else the ring's width + 1.
+    grow = spec.metadata.get("grow")
+    expand = int(grow) if grow is not None else boundary_width + 1
     auto_batch = config.batch_size == "auto"
     # The copy of the model a local run computes with, made once (a cluster's workers make
     # their own); a module without batch norms runs as it is, in eval mode until the end.
@@ -516,7 +522,7 @@ def predict_iter(
         grid, block, chunk = plan_shapes(spatial_shape, spec, config)
         plan = _Plan(layout, lead_shape, spatial_shape, grid, block, chunk)
         return plan, _job(model_record, array, source, layout, norm_record, plan, config,
-                          precision, label_mode, boundary_width)
+                          precision, label_mode, boundary_width, grow)
 
     plan, job = planned(config)
     if auto_batch and output is not None:
@@ -558,7 +564,7 @@ def predict_iter(
             import dask
 
             with dask.config.set(scheduler=client):
-                yield from _label(store, frame_shape, label_mode, boundary_width,
+                yield from _label(store, frame_shape, label_mode, expand,
                                   config.min_size, cancel)
         return store.result
 
@@ -568,7 +574,7 @@ def predict_iter(
         yield from _run_blocks(store, plan, units, canonical, norm, runner, config, cancel,
                                source)
         if config.mode == "instances":
-            yield from _label(store, frame_shape, label_mode, boundary_width,
+            yield from _label(store, frame_shape, label_mode, expand,
                               config.min_size, cancel)
     finally:
         spec.module.train(was_training)
@@ -790,13 +796,13 @@ def _label(
     store: OutputStore,
     frame_shape: tuple[int, ...],
     label_mode: str | None,
-    boundary_width: int,
+    expand: int,
     min_size: int,
     cancel: Callable[[], bool] | None,
 ) -> Generator[Any, None, None]:
     frames = list(np.ndindex(*frame_shape))
-    # Seeds (interiors) regrow through the boundary class; the class mask bounds the growth.
-    expand = int(boundary_width) + 1
+    # Seeds (interiors) regrow ``expand`` voxels through the boundary class; the class mask
+    # bounds the growth.
     done = store.done_frames()
     yield StageStarted("label", total=2 * len(frames), message="connected components")
     # Label in chunks of ~4 M voxels: dask-image's relabelling across chunk faces costs

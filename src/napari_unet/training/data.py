@@ -220,9 +220,10 @@ def split_validation(
     )
 
 
-def _small_target(labels: np.ndarray, label_mode: str, boundary_width: int) -> np.ndarray:
+def _small_target(labels: np.ndarray, label_mode: str, boundary_width: int,
+                  core: float = 0.0) -> np.ndarray:
     """The whole image's target in the smallest signed integer type that holds it."""
-    target = make_target(labels, label_mode, boundary_width)
+    target = make_target(labels, label_mode, boundary_width, core)
     lo, hi = (int(target.min()), int(target.max())) if target.size else (0, 0)
     for dtype in (np.int8, np.int16, np.int32):
         info = np.iinfo(dtype)
@@ -243,11 +244,13 @@ class PatchSampler:
         foreground_fraction: float,
         augmenter: Augmenter | None,
         uniform: bool = False,
+        core: float = 0.0,
     ) -> None:
         self.pairs = pairs
         self.patch = tuple(patch)
         self.label_mode = label_mode
         self.boundary_width = boundary_width
+        self.core = core
         self.foreground_fraction = foreground_fraction
         self.augmenter = augmenter
         sizes = np.array([1 if uniform else math.prod(p.spatial_shape) for p in pairs],
@@ -255,7 +258,7 @@ class PatchSampler:
         self.weights = sizes / sizes.sum()
         # Targets of data held in memory are made once, for the whole image: per patch they
         # took a third of the sampling time (boundary filters over patch + margin).
-        self.targets = [_small_target(p.labels, label_mode, boundary_width)
+        self.targets = [_small_target(p.labels, label_mode, boundary_width, core)
                         if isinstance(p.labels, np.ndarray) else None for p in pairs]
 
     def _window(self, pair: TrainPair, rng: np.random.Generator, centred: bool) -> list[int]:
@@ -284,7 +287,10 @@ class PatchSampler:
         if targets is not None:
             t = targets[sl].astype(np.int64)
         else:
-            t = make_target(_take(pair.labels, sl), self.label_mode, self.boundary_width)
+            # Cores of objects cut by the region are measured within it (an approximation
+            # data held in memory avoids: its targets are made for whole images).
+            t = make_target(_take(pair.labels, sl), self.label_mode, self.boundary_width,
+                            self.core)
         if any(p for pp in pad for p in pp):
             x = np.pad(x, [(0, 0), *pad], mode="reflect")
             t = np.pad(t, pad, mode="reflect")

@@ -48,7 +48,7 @@ from .augment import Augmenter
 from .augment_device import augment_batch
 from .data import PatchSampler, class_weights, prepare_pairs, split_validation
 from .losses import dice_score, make_loss
-from .targets import INSTANCE_CLASSES, n_classes_for
+from .targets import INSTANCE_CLASSES, grow_distance, n_classes_for
 
 __all__ = ["TrainResult", "train_iter"]
 
@@ -287,9 +287,9 @@ def train_iter(
                  if config.augment else None)
     sampler = PatchSampler(train_pairs, patch, config.label_mode, config.boundary_width,
                            config.foreground_fraction, augmenter,
-                           uniform=config.pair_sampling == "uniform")
+                           uniform=config.pair_sampling == "uniform", core=config.core)
     val_sampler = PatchSampler(val_pairs, patch, config.label_mode, config.boundary_width,
-                               config.foreground_fraction, None)
+                               config.foreground_fraction, None, core=config.core)
     val_set = val_sampler.fixed_patches(config.val_patches, config.seed)
     weights = None
     if config.class_weights == "auto" and config.loss != "dice":
@@ -308,6 +308,7 @@ def train_iter(
                           "high": config.normalize[1], "invert": config.invert},
         "label_mode": config.label_mode,
         "boundary_width": config.boundary_width,
+        "core": config.core,
         "class_names": (list(INSTANCE_CLASSES)
                         if config.label_mode == "instances"
                         else [f"class {i}" for i in range(n_classes)]),
@@ -315,6 +316,12 @@ def train_iter(
         "patch_size": list(patch),
         "train_config": config.to_dict(),
     }
+    if config.label_mode == "instances" and config.core > 0:
+        # Seeds of a core model regrow further than the ring width: as far as its targets need.
+        whole = [t for t in sampler.targets if t is not None]
+        if len(whole) < len(sampler.targets):
+            whole = [t for _, t in sampler.fixed_patches(64, config.seed + 2)]
+        metadata["grow"] = grow_distance(whole, config.boundary_width)
     history: list[EpochEnd] = []
     start_epoch, start_step, best, bad_epochs, global_step = 0, 0, -1.0, 0, 0
     elapsed0 = 0.0

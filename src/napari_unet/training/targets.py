@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
-__all__ = ["IGNORE", "INSTANCE_CLASSES", "make_target", "n_classes_for"]
+__all__ = ["IGNORE", "INSTANCE_CLASSES", "grow_distance", "make_target", "n_classes_for"]
 
 IGNORE = -1
 # Classes of the ``instances`` label mode (models trained before the contact class have
@@ -14,7 +15,8 @@ IGNORE = -1
 INSTANCE_CLASSES = ("background", "interior", "boundary", "contact")
 
 
-def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2) -> np.ndarray:
+def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2,
+                core: float = 0.0) -> np.ndarray:
     """Training target (int64 classes, ``IGNORE`` where unlabelled) from a label patch.
 
     ``instances``: 0 background, 1 interior, 2 boundary (``boundary_width`` pixels inside each
@@ -23,7 +25,10 @@ def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2) ->
     touching objects come apart where the contact class is predicted; contacts are a class of
     their own because they are rare (about 1 % of the voxels of DSB 2018 nuclei), and
     inverse-frequency class weights and the per-class Dice then make the model learn them
-    rather than the easy outer edges.
+    rather than the easy outer edges.  With ``core`` > 0 the interior is only each object's
+    core, where the distance to the object's edge exceeds ``core`` times the object's largest
+    such distance, and the rest of the object is boundary: touching objects then have seeds
+    apart by a share of their size rather than by the width of the contact.
     ``classes``: the labels are class ids.  ``scribbles``: 0 is unlabelled, k is class k-1.
     """
     labels = np.asarray(labels)
@@ -42,7 +47,36 @@ def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2) ->
     target = fg.astype(np.int64)
     target[edge & fg] = 2
     target[edge & fg & near] = 3
+    if core > 0:
+        target[(target == 1) & ~_core(labels, target == 1, core)] = 2
     return target
+
+
+def _core(labels: np.ndarray, interior: np.ndarray, core: float) -> np.ndarray:
+    """Where the distance to the object's edge exceeds ``core`` x its largest in the object."""
+    from scipy import ndimage as ndi
+
+    distance = ndi.distance_transform_edt(interior)
+    ids, index = np.unique(labels, return_inverse=True)
+    largest = np.asarray(ndi.maximum(distance, labels, ids), dtype=np.float64)
+    return distance > core * largest[index.reshape(labels.shape)]
+
+
+def grow_distance(targets: list[np.ndarray], boundary_width: int) -> int:
+    """How far seeds must regrow to refill the objects of ``instances`` targets: the largest
+    distance from a boundary / contact voxel to the nearest interior voxel (rounded up), over
+    the connected foreground regions that have an interior; at least ``boundary_width`` + 1
+    (what rings of that width need)."""
+    from scipy import ndimage as ndi
+
+    far = 0.0
+    for t in targets:
+        regions, _ = ndi.label(t > 0)
+        seeded = np.unique(regions[t == 1])
+        ring = (t >= 2) & np.isin(regions, seeded[seeded > 0])
+        if ring.any():
+            far = max(far, float(ndi.distance_transform_edt(t != 1)[ring].max()))
+    return max(int(boundary_width) + 1, math.ceil(far))
 
 
 # Targets come from comparisons of shifted views of the labels: patches are made on the fly

@@ -63,19 +63,26 @@ def _core(labels: np.ndarray, interior: np.ndarray, core: float) -> np.ndarray:
 
 
 def grow_distance(targets: list[np.ndarray], boundary_width: int) -> int:
-    """How far seeds must regrow to refill the objects of ``instances`` targets: the largest
-    distance from a boundary / contact voxel to the nearest interior voxel (rounded up), over
-    the connected foreground regions that have an interior; at least ``boundary_width`` + 1
-    (what rings of that width need)."""
+    """How far seeds must regrow to refill the objects of ``instances`` targets: the 99th
+    percentile of the distance from a boundary / contact voxel to the nearest interior voxel
+    (rounded up), over the connected foreground regions that have an interior; at least
+    ``boundary_width`` + 1 (what rings of that width need).
+
+    Not the largest distance: seeds regrow into every foreground voxel within reach, so a
+    reach set by a few far corners also hands stray foreground to nearby objects (DSB 2018
+    val, core 0.3: regrowing 10 / 29 px, the 99th percentile / the largest, AP@0.5 0.795 /
+    0.790).
+    """
     from scipy import ndimage as ndi
 
-    far = 0.0
+    reach = []
     for t in targets:
         regions, _ = ndi.label(t > 0)
         seeded = np.unique(regions[t == 1])
         ring = (t >= 2) & np.isin(regions, seeded[seeded > 0])
         if ring.any():
-            far = max(far, float(ndi.distance_transform_edt(t != 1)[ring].max()))
+            reach.append(ndi.distance_transform_edt(t != 1)[ring])
+    far = float(np.percentile(np.concatenate(reach), 99)) if reach else 0.0
     return max(int(boundary_width) + 1, math.ceil(far))
 
 

@@ -77,6 +77,14 @@ the smoothed interior probability (0.712-0.775); the same only for seeds larger 
 3x the image's median (0.781 / 0.790 / 0.791); seeds from an interior probability above 0.5 /
 0.6 / 0.7 instead of the argmax, regrown by 2-4 px (0.770-0.795, mean AP lower throughout).
 
+With core seeds, measured on the shipped model's val predictions and not kept either: merging
+neighbours whose shared border holds (almost) no contact class, i.e. one nucleus seeded twice
+(contact share below 0.05-0.5: AP@0.5 0.7947 -> 0.792-0.794); regrowing by watershed on the
+classes, the interior or the contact probability instead of by distance (0.742-0.749 vs
+0.747, both without the size filter); dropping seeds below 0.1-0.4 x the image's median seed
+size besides the 10-pixel minimum (0.751-0.788); other minimum sizes (0 / 5 / 15 / 20 / 30
+px: 0.747 / 0.785 / 0.792 / 0.781 / 0.739; 10 is the default).
+
 Colour images are averaged to gray (the model's metadata asks ``predict`` to do the same).
 """
 

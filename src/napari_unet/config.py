@@ -419,6 +419,9 @@ class TrainConfig(_Config):
         labelling) is each object's core, where the distance to its edge exceeds this share of
         the object's largest, and the rest of the object is boundary; seeds of touching objects
         then lie apart by a share of their size.  0: the interior reaches the boundary ring.
+        Measured with 0.3 against 0: DSB 2018 nuclei (fine-tuning) mean AP 0.551 -> 0.570;
+        synthetic 3D nuclei trained from scratch (the demo, two seeds) AP@0.5 0.899 / 0.887
+        -> 0.903 / 0.911; 0.5 scored lower on DSB (mean AP 0.555).
     normalize : (float, float)
         Percentiles of the per-image intensity normalisation (stored in the model).
     invert : {"never", "always", "auto"}
@@ -454,7 +457,7 @@ class TrainConfig(_Config):
     patience: int = 20
     plateau_patience: int = 5
     boundary_width: int = 2
-    core: float = 0.0
+    core: float = 0.3
     normalize: tuple[float, float] = (1.0, 99.8)
     invert: str = "never"
     seed: int = 0

@@ -32,14 +32,19 @@ class Normalization:
     low: tuple[float, ...]
     high: tuple[float, ...]
 
-    def apply(self, x: np.ndarray, channel_axis: int = 0) -> np.ndarray:
-        """Normalise ``x`` (channels along ``channel_axis``) to float32."""
+    def apply(self, x: np.ndarray, channel_axis: int = 0, overwrite: bool = False
+              ) -> np.ndarray:
+        """Normalise ``x`` (channels along ``channel_axis``) to float32; with ``overwrite``,
+        a float32 ``x`` is normalised in place (one buffer instead of two temporaries)."""
         shape = [1] * x.ndim
         shape[channel_axis] = len(self.low)
         lo = np.asarray(self.low, dtype=np.float32).reshape(shape)
         scale = 1.0 / (np.asarray(self.high, dtype=np.float32) - np.asarray(self.low,
                                                                              dtype=np.float32))
-        return (x.astype(np.float32, copy=False) - lo) * scale.reshape(shape).astype(np.float32)
+        out = x.astype(np.float32, copy=not overwrite)
+        out -= lo
+        out *= scale.reshape(shape).astype(np.float32)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"low": list(self.low), "high": list(self.high)}

@@ -69,6 +69,44 @@ def test_in_memory_and_zarr_outputs_agree(tmp_path, rng):
     np.testing.assert_array_equal(a, b[:])
 
 
+@pytest.mark.parametrize("axes,spatial,lead,channel", [
+    ("ZYX", "ZYX", "", False), ("CZYX", "ZYX", "", True), ("TZYX", "ZYX", "T", False),
+    ("TCZYX", "ZYX", "T", True), ("YXC", "YX", "", True), ("ZYX", "YX", "Z", False),
+    ("TZCYX", "YX", "TZ", True),
+])
+def test_region_read_in_one_call_equals_the_canonical_view(axes, spatial, lead, channel, rng):
+    from napari_unet.inference.layout import Layout
+
+    sizes = {"T": 2, "C": 3, "Z": 5, "Y": 7, "X": 6}
+    x = rng.random([sizes[a] for a in axes]).astype(np.float32)
+    layout = Layout(axes, lead, spatial, channel)
+    index = (*(1 for _ in lead), slice(None), *(slice(1, sizes[a] - 1) for a in spatial))
+    expected = layout.canonical(da.from_array(x, chunks=2))[index].compute()
+    np.testing.assert_array_equal(layout.region(x, index), expected)
+
+
+@pytest.mark.parametrize("axes", ["ZYX", "CZYX", "TZYX"])
+def test_zarr_input_read_directly_gives_the_dask_result(tmp_path, rng, axes, monkeypatch):
+    from napari_unet.inference.layout import Layout
+
+    calls = []
+    region = Layout.region
+    monkeypatch.setattr(Layout, "region", lambda self, *a: calls.append(1) or region(self, *a))
+    shape = {"ZYX": (20, 40, 36), "CZYX": (2, 20, 40, 36), "TZYX": (2, 20, 40, 36)}[axes]
+    x = (rng.random(shape) * 1000).astype(np.uint16)
+    z = zarr.create_array(tmp_path / "in.zarr", shape=shape, chunks=(1,) * (len(shape) - 3)
+                          + (8, 16, 16), dtype=x.dtype)
+    z[:] = x
+    model = tiny_unet(3, out_channels=2, in_channels=2 if "C" in axes else 1)
+    opts = dict(mode="logits", tile=(16, 16, 16), block_shape=(16, 16, 16), device="cpu",
+                axes=axes)
+    direct = nu.predict(model, str(tmp_path / "in.zarr"), tmp_path / "a.zarr", **opts)
+    n_direct = len(calls)
+    through_dask = nu.predict(model, da.from_array(x, chunks=8), tmp_path / "b.zarr", **opts)
+    assert n_direct >= 4 and len(calls) == n_direct  # every block of the zarr input, no other
+    np.testing.assert_array_equal(direct[:], through_dask[:])
+
+
 def test_channels_time_and_per_slice_axes(rng):
     # 2D, channel last (RGB-like) and channel first give the same result.
     x = rng.random((40, 50, 3)).astype(np.float32)

@@ -7,8 +7,10 @@ and, for a 2D model on a 3D stack, the z axis processed slice by slice.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import dask.array as da
+import numpy as np
 
 from ..io import InputError
 
@@ -60,6 +62,19 @@ class Layout:
             n = len(self.lead_axes)
             out = da.expand_dims(out, axis=n)
         return out
+
+    def region(self, source: Any, index: tuple[Any, ...]) -> np.ndarray:
+        """``canonical(source)[index]`` read from ``source`` in one numpy-style indexing call
+        (a zarr array decodes the chunks of one read concurrently), for ``index`` =
+        ``(*lead integers, slice(None), *spatial slices)``; not for ``to_gray`` layouts."""
+        n = len(self.lead_axes)
+        where = dict(zip(self.lead_axes, index[:n], strict=True))
+        where.update(zip(self.spatial_axes, index[n + 1 :], strict=True))
+        x = np.asarray(source[tuple(where.get(a, slice(None)) for a in self.axes)])
+        kept = [a for a in self.axes if a not in self.lead_axes]  # the axes x still has
+        order = [kept.index(a) for a in ("C" if self.has_channel else "") + self.spatial_axes]
+        x = x.transpose(order)
+        return x if self.has_channel else x[None]
 
     def output_axes(self, with_channel: bool) -> str:
         return self.lead_axes + ("C" if with_channel else "") + self.spatial_axes

@@ -116,6 +116,26 @@ def test_core_model_stores_how_far_its_seeds_regrow(tmp_path):
     assert "grow" not in nu.load_model(plain).metadata
 
 
+def test_run_from_before_core_seeds_resumes_as_it_was_trained(tmp_path):
+    from napari_unet.training.loop import STATE_FILE
+
+    pairs = [synthetic_nuclei((64, 64), seed=s) for s in range(2)]
+    old = TrainConfig(**TINY, label_mode="instances", core=0.0)
+    whole = nu.train(pairs, old, run_dir=tmp_path / "whole")
+    steps = {"n": 0}
+
+    def cancel():
+        steps["n"] += 1
+        return steps["n"] > 4
+
+    nu.train(pairs, old, run_dir=tmp_path / "run", cancel=cancel)
+    state = torch.load(tmp_path / "run" / STATE_FILE, weights_only=True)
+    del state["config"]["core"]  # as saved before the option existed
+    torch.save(state, tmp_path / "run" / STATE_FILE)
+    resumed = nu.train(pairs, old.replace(core=0.3), run_dir=tmp_path / "run", resume=True)
+    assert [e.val_dice for e in resumed.history] == [e.val_dice for e in whole.history]
+
+
 def test_losses_ignore_unlabelled_voxels():
     logits = torch.randn(2, 3, 8, 8, requires_grad=True)
     target = torch.randint(0, 3, (2, 8, 8))

@@ -241,6 +241,9 @@ def train_iter(
             f"{str(run_dir)!r} already holds a training run; pass resume=True (CLI: --resume) "
             "to continue it, or choose another run folder"
         )
+    if resume and "core" not in torch.load(state_path, weights_only=True)["config"]:
+        # A run from before core seeds (its interior reached the boundary ring) goes on so.
+        config = config.replace(core=0.0)
     sd = config.model.spatial_dims
     patch = tuple(config.patch_size)
     yield StageStarted("prepare", message="checking and sampling the training data")
@@ -327,7 +330,7 @@ def train_iter(
     elapsed0 = 0.0
     if resume:
         state = torch.load(state_path, weights_only=True)
-        saved = TrainConfig.from_dict(state["config"])
+        saved = TrainConfig.from_dict({"core": 0.0, **state["config"]})
         if saved.replace(epochs=config.epochs) != config:
             raise InputError(
                 f"cannot resume {str(run_dir)!r} with different settings (only epochs may "

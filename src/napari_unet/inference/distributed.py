@@ -72,14 +72,14 @@ def _limit_threads() -> None:
     torch.set_num_threads(max(1, n))
 
 
-def _state(job: ClusterJob) -> tuple[Any, Any, Any]:
+def _state(job: ClusterJob) -> tuple[Any, Any, Any, Any]:
     """Per-process cache: the model is loaded once per worker and job, not once per task."""
     import zarr
 
     from ..io import open_volume
     from ..model.checkpoint import model_from_bytes
     from .device import select_device
-    from .engine import _BlockRunner, resolve_model
+    from .engine import _BlockRunner, direct_reader, resolve_model
     from .store import OutputStore
 
     cached = _CACHE.get(job.fingerprint)
@@ -91,11 +91,11 @@ def _state(job: ClusterJob) -> tuple[Any, Any, Any]:
     model = model_from_bytes(np.asarray(group[MODEL_ARRAY][:]).tobytes(), "model in the store")
     spec = resolve_model(model)
     device = select_device(job.config.device)
-    array, _ = open_volume(job.source)
+    array, info = open_volume(job.source)
     canonical = job.plan.layout.canonical(array)
     runner = _BlockRunner(spec, job.plan, job.config, device, job.precision)
     store = OutputStore(group, resumed=True)
-    _CACHE[job.fingerprint] = (canonical, runner, store)
+    _CACHE[job.fingerprint] = (canonical, direct_reader(job.plan.layout, info), runner, store)
     return _CACHE[job.fingerprint]
 
 
@@ -103,9 +103,9 @@ def run_block(job: ClusterJob, index: int) -> int:
     """Task: read, predict, write and mark one block; returns its index."""
     from .engine import _block_arrays, read_block, write_block
 
-    canonical, runner, store = _state(job)
+    canonical, direct, runner, store = _state(job)
     unit = job.units[index]
-    x, in_region = read_block(canonical, job.plan, job.norm, unit, str(job.source))
+    x, in_region = read_block(canonical, job.plan, job.norm, unit, str(job.source), direct)
     name, data = _block_arrays(runner(x, in_region, unit[1]), job.config)
     write_block(store, unit, name, data, job.config.mode)
     store.mark_block(index)

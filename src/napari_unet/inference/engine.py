@@ -491,9 +491,7 @@ def predict_iter(
     layout = resolve_layout(tuple(array.shape), spec.spatial_dims, spec.in_channels, axes,
                             source, bool(spec.metadata.get("rgb_to_gray", False)))
     canonical = layout.canonical(array)
-    # Blocks of a zarr input are read from the zarr array itself (see VolumeInfo.reader).
-    direct = (functools.partial(layout.region, info.reader)
-              if info.reader is not None and not layout.to_gray else None)
+    direct = direct_reader(layout, info)
     n_lead = len(layout.lead_axes)
     lead_shape = tuple(canonical.shape[:n_lead])
     spatial_shape = tuple(canonical.shape[n_lead + 1 :])
@@ -639,6 +637,15 @@ def _block_arrays(
         return "probabilities", probs.cpu().numpy()
     name = "labels" if config.mode == "semantic" else "semantic"
     return name, postprocess.semantic(logits, config.threshold).cpu().numpy()
+
+
+def direct_reader(layout: Layout, info: Any) -> Callable[[tuple[Any, ...]], np.ndarray] | None:
+    """Reads a canonical region of a zarr input from the zarr array itself, in one call
+    (``VolumeInfo.reader``); None where blocks go through dask (other inputs, and colour
+    averaged to gray, which dask computes)."""
+    if info.reader is None or layout.to_gray:
+        return None
+    return functools.partial(layout.region, info.reader)
 
 
 def read_block(

@@ -128,7 +128,11 @@ def grow_instances(
     voxels into the boundary class (boundary models), staying inside the foreground."""
     keep = _kept(object_sizes(seeds), min_size)
     grow = label_mode == BOUNDARY_MODE
-    return da.map_overlap(
+    out = da.map_overlap(
         _grow, seeds, classes, depth=expand if grow else 0, boundary="none",
         dtype=np.uint32, keep=keep, distance=expand, grow=grow,
     )
+    # dask rechunks where a chunk is thinner than the overlap (a volume's last one); back to
+    # the seeds' chunks, which the caller aligned with the store's: two tasks must never
+    # write parts of one stored chunk.
+    return out.rechunk(seeds.chunks)

@@ -510,9 +510,9 @@ def test_core_seeds_regrow_as_far_as_the_model_says(tmp_path, monkeypatch, in_me
 
     if not in_memory:
         monkeypatch.setattr(engine, "IN_MEMORY_LABEL_VOXELS", 0)
-    yy, xx = np.mgrid[:64, :64]
-    x = np.zeros((64, 64), np.float32)
-    for cy, cx in ((20, 20), (20, 41), (46, 30)):  # two of them touch
+    yy, xx = np.mgrid[:70, :64]
+    x = np.zeros((70, 64), np.float32)  # its last rows of chunks are thinner than the growth
+    for cy, cx in ((20, 20), (20, 41), (46, 30), (62, 52)):  # two of them touch
         r = np.hypot(yy - cy, xx - cx)
         x[(r < 11) & (x == 0)] = 0.5  # boundary
         x[r < 4] = 1.0  # core
@@ -522,6 +522,15 @@ def test_core_seeds_regrow_as_far_as_the_model_says(tmp_path, monkeypatch, in_me
                       x, tmp_path / "ring.zarr", **opts)[:]
     core = nu.predict(Levels(2, (0.0, 1.0, 0.5), label_mode="instances", boundary_width=1,
                              grow=8), x, tmp_path / "core.zarr", **opts)[:]
-    assert len(np.unique(core[core > 0])) == 3
+    assert len(np.unique(core[core > 0])) == 4
     np.testing.assert_array_equal(core > 0, x > 0)  # refilled
     assert ((ring > 0) & (x == 0.5)).sum() < 0.5 * (x == 0.5).sum()  # grew 2 px only
+
+
+def test_regrowth_keeps_the_chunks_it_is_stored_in():
+    from napari_unet import postprocess
+
+    classes = da.from_array(np.ones((70, 64), np.uint8), chunks=32)  # last chunk: 6 rows
+    seeds = postprocess.seed_labels(classes, "instances")
+    grown = postprocess.grow_instances(seeds, classes, "instances", expand=9)
+    assert grown.chunks == seeds.chunks == ((32, 32, 6), (32, 32))

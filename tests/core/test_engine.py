@@ -85,20 +85,23 @@ def test_region_read_in_one_call_equals_the_canonical_view(axes, spatial, lead, 
     np.testing.assert_array_equal(layout.region(x, index), expected)
 
 
-@pytest.mark.parametrize("axes", ["ZYX", "CZYX", "TZYX"])
-def test_zarr_input_read_directly_gives_the_dask_result(tmp_path, rng, axes, monkeypatch):
+@pytest.mark.parametrize("axes,shape,chunks", [
+    ("ZYX", (20, 40, 36), (8, 16, 16)), ("CZYX", (2, 20, 40, 36), (1, 8, 16, 16)),
+    ("TZYX", (2, 20, 40, 36), (1, 8, 16, 16)), ("YXC", (40, 36, 2), (16, 16, 2)),
+])
+def test_zarr_input_read_directly_gives_the_dask_result(tmp_path, rng, axes, shape, chunks,
+                                                        monkeypatch):
     from napari_unet.inference.layout import Layout
 
     calls = []
     region = Layout.region
     monkeypatch.setattr(Layout, "region", lambda self, *a: calls.append(1) or region(self, *a))
-    shape = {"ZYX": (20, 40, 36), "CZYX": (2, 20, 40, 36), "TZYX": (2, 20, 40, 36)}[axes]
     x = (rng.random(shape) * 1000).astype(np.uint16)
-    z = zarr.create_array(tmp_path / "in.zarr", shape=shape, chunks=(1,) * (len(shape) - 3)
-                          + (8, 16, 16), dtype=x.dtype)
+    z = zarr.create_array(tmp_path / "in.zarr", shape=shape, chunks=chunks, dtype=x.dtype)
     z[:] = x
-    model = tiny_unet(3, out_channels=2, in_channels=2 if "C" in axes else 1)
-    opts = dict(mode="logits", tile=(16, 16, 16), block_shape=(16, 16, 16), device="cpu",
+    dims = len(axes.replace("C", "").replace("T", ""))
+    model = tiny_unet(dims, out_channels=2, in_channels=2 if "C" in axes else 1)
+    opts = dict(mode="logits", tile=(16,) * dims, block_shape=(16,) * dims, device="cpu",
                 axes=axes)
     direct = nu.predict(model, str(tmp_path / "in.zarr"), tmp_path / "a.zarr", **opts)
     n_direct = len(calls)

@@ -321,9 +321,11 @@ def train_iter(
     }
     if config.label_mode == "instances" and config.core > 0:
         # Seeds of a core model regrow further than the ring width: as far as its targets need.
-        whole = [t for t in sampler.targets if t is not None]
+        # Whole targets where small (distance transforms cost ~20 bytes per voxel), else
+        # training patches.
+        whole = [t for t in sampler.targets if t is not None and t.size <= 2**24]
         if len(whole) < len(sampler.targets):
-            whole = [t for _, t in sampler.fixed_patches(64, config.seed + 2)]
+            whole += [t for _, t in sampler.fixed_patches(64, config.seed + 2)]
         metadata["grow"] = grow_distance(whole, config.boundary_width)
     history: list[EpochEnd] = []
     start_epoch, start_step, best, bad_epochs, global_step = 0, 0, -1.0, 0, 0

@@ -105,6 +105,26 @@ def test_core_target_keeps_touching_seeds_apart_by_a_share_of_their_size():
         TrainConfig(core=1.0)
 
 
+@pytest.mark.parametrize("shape", [(60, 70), (16, 30, 34)])
+def test_core_target_matches_whole_image_distances(shape):
+    """Cores found object by object equal those of one distance transform of the image."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(1)
+    coarse = rng.integers(0, 6, size=tuple(n // 6 + 1 for n in shape)).astype(np.int32)
+    labels = ndi.zoom(coarse, 6, order=0)[tuple(slice(n) for n in shape)]
+    plain = make_target(labels, "instances", boundary_width=1)
+    distance = ndi.distance_transform_edt(plain == 1)
+    largest = np.zeros(labels.max() + 1)
+    ids = np.unique(labels)
+    largest[ids] = ndi.maximum(distance, labels, ids)
+    expected = plain.copy()
+    expected[(plain == 1) & ~(distance > 0.4 * largest[labels])] = 2
+    got = make_target(labels, "instances", boundary_width=1, core=0.4)
+    assert (got == 1).any() and (got != plain).any()
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_core_model_stores_how_far_its_seeds_regrow(tmp_path):
     pairs = [synthetic_nuclei((64, 64), radius=(5, 8), seed=s) for s in range(2)]
     cfg = TrainConfig(**{**TINY, "epochs": 1}, label_mode="instances", boundary_width=1,

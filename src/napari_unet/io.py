@@ -103,6 +103,22 @@ def _open_zarr_path(path: Path) -> tuple[da.Array, VolumeInfo]:
     )
 
 
+def _zarr_behind(arr: da.Array) -> Any:
+    """The zarr array that a dask array reads unchanged (``da.from_zarr``, as napari layers
+    opened from zarr hold), else None: any slicing or arithmetic adds a layer to the graph."""
+    import zarr
+
+    layers = getattr(arr.__dask_graph__(), "layers", None)
+    original = f"original-{arr.name}"
+    if layers is None or set(layers) != {original, arr.name}:
+        return None
+    values = list(layers[original].values())
+    if (len(values) == 1 and isinstance(values[0], zarr.Array)
+            and tuple(values[0].shape) == tuple(arr.shape) and values[0].dtype == arr.dtype):
+        return values[0]
+    return None
+
+
 def _open_tiff(path: Path) -> tuple[da.Array, VolumeInfo]:
     import tifffile
     import zarr
@@ -186,7 +202,7 @@ def open_volume(source: Any) -> tuple[da.Array, VolumeInfo]:
                 "give a .zarr folder or a .tif/.tiff file (or an array from Python)"
             )
     elif isinstance(source, da.Array):
-        arr, info = source, VolumeInfo("dask array")
+        arr, info = source, VolumeInfo("dask array", reader=_zarr_behind(source))
     elif isinstance(source, zarr.Array):
         arr, info = da.from_zarr(source), VolumeInfo("zarr array", reader=source)
     elif isinstance(source, np.ndarray):

@@ -110,6 +110,18 @@ def test_zarr_input_read_directly_gives_the_dask_result(tmp_path, rng, axes, sha
     np.testing.assert_array_equal(direct[:], through_dask[:])
 
 
+def test_dask_array_of_a_whole_zarr_array_is_read_from_zarr(tmp_path, rng):
+    from napari_unet.io import open_volume
+
+    z = zarr.create_array(tmp_path / "in.zarr", shape=(12, 20), chunks=(4, 8), dtype="f4")
+    z[:] = rng.random((12, 20)).astype(np.float32)
+    assert open_volume(da.from_zarr(z))[1].reader is z
+    assert open_volume(da.from_zarr(z, chunks=(6, 20)))[1].reader is z  # chunks do not matter
+    for changed in (da.from_zarr(z)[1:], da.from_zarr(z) + 1, da.from_zarr(z).T,
+                    da.from_zarr(z).astype("f8")):
+        assert open_volume(changed)[1].reader is None
+
+
 def test_channels_time_and_per_slice_axes(rng):
     # 2D, channel last (RGB-like) and channel first give the same result.
     x = rng.random((40, 50, 3)).astype(np.float32)

@@ -132,6 +132,11 @@ def test_train_widget_trains_stops_resumes_and_registers(make_napari_viewer, qtb
     w.batch_size.value, w.epochs.value, w.steps.value = 4, 2, 3
     w.device.value = "cpu"
     w.run_dir.value = str(tmp_path / "run")
+    assert w.core.value == 0.3 and w.core.enabled
+    w.label_mode.value = "classes"
+    assert not w.core.enabled  # object cores only mean something for instances
+    w.label_mode.value = "instances"
+    w.core.value = 0.2
 
     job = w.start()
     job.cancel()
@@ -142,6 +147,7 @@ def test_train_widget_trains_stops_resumes_and_registers(make_napari_viewer, qtb
     job = w.start()
     _wait(qtbot, job)
     assert w.result.stopped == "finished"
+    assert nu.load_model(w.result.last_model).metadata["core"] == pytest.approx(0.2)
     assert len(w.plot.series["val Dice"]) >= 1
     assert any(n.endswith("(trained)") for n in registry.choices())
     qtbot.waitUntil(lambda: any(layer.name.startswith("training preview")

@@ -76,6 +76,11 @@ class TrainWidget(Container):
                                    tooltip="instances: one id per object; classes: class ids; "
                                            "scribbles: 1 = background, 2.. = classes, "
                                            "0 = unlabelled")
+        self.core = FloatSpinBox(label="object cores", value=0.3, min=0.0, max=0.9, step=0.05,
+                                 tooltip="instances: seeds are each object's core (where the "
+                                         "distance to its edge exceeds this share of its "
+                                         "largest), so touching objects separate; 0 = the "
+                                         "whole interior (thin or branched objects)")
         self.dims = ComboBox(label="model", value=DIMS_2D,
                              choices=[DIMS_2D, DIMS_3D, DIMS_SLICES])
         self.depth = SpinBox(label="depth", value=4, min=1, max=6)
@@ -106,7 +111,8 @@ class TrainWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(value="")
         self.extend([
-            self.image, self.labels, self.label_mode, self.dims, self.depth, self.filters,
+            self.image, self.labels, self.label_mode, self.core, self.dims, self.depth,
+            self.filters,
             self.patch, self.batch_size, self.epochs, self.steps, self.lr, self.loss,
             self.augment, self.invert, self.device, self.run_dir, self.resume, self.preview,
             self.start_button, self.stop_button, self.progress, self.status,
@@ -114,6 +120,8 @@ class TrainWidget(Container):
         self.plot = CurvePlot()
         self.native.layout().addWidget(self.plot)
         self.image.changed.connect(self._default_dims)
+        self.label_mode.changed.connect(
+            lambda mode: setattr(self.core, "enabled", mode == "instances"))
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.job: _workers.Job | None = None
@@ -171,7 +179,7 @@ class TrainWidget(Container):
             batch_size=int(self.batch_size.value), epochs=int(self.epochs.value),
             steps_per_epoch=int(self.steps.value), lr=float(self.lr.value),
             loss=self.loss.value, augment=bool(self.augment.value), device=self.device.value,
-            invert=self.invert.value,
+            invert=self.invert.value, core=float(self.core.value),
             anisotropic=sd == 3 and float(image.scale[-3]) > 1.5 * float(image.scale[-1]),
         )
         return config, img, lab, dims

@@ -241,8 +241,10 @@ def train_iter(
             f"{str(run_dir)!r} already holds a training run; pass resume=True (CLI: --resume) "
             "to continue it, or choose another run folder"
         )
-    if resume and "core" not in torch.load(state_path, weights_only=True)["config"]:
+    state = torch.load(state_path, weights_only=True) if resume else None
+    if state is not None and "core" not in state["config"]:
         # A run from before core seeds (its interior reached the boundary ring) goes on so.
+        state["config"]["core"] = 0.0
         config = config.replace(core=0.0)
     sd = config.model.spatial_dims
     patch = tuple(config.patch_size)
@@ -331,8 +333,7 @@ def train_iter(
     start_epoch, start_step, best, bad_epochs, global_step = 0, 0, -1.0, 0, 0
     elapsed0 = 0.0
     if resume:
-        state = torch.load(state_path, weights_only=True)
-        saved = TrainConfig.from_dict({"core": 0.0, **state["config"]})
+        saved = TrainConfig.from_dict(state["config"])
         if saved.replace(epochs=config.epochs) != config:
             raise InputError(
                 f"cannot resume {str(run_dir)!r} with different settings (only epochs may "

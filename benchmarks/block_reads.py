@@ -1,14 +1,16 @@
-"""Host side of a block: reading its input region from zarr and normalising it.
+"""Host side of a block: reading its input region from zarr or TIFF and normalising it.
 
 On a GPU the network is a small part of a block's time (H200, 512^3: network 0.6 s of
 4.0 s; read + normalise 5.6 s of thread time), so this is what bounds end-to-end speed
 there.  Times the engine's own ``read_block`` on blocks of a zarr volume the two ways the
 engine can read them -- through the dask graph, chunk by chunk, or from the zarr array in one
 call (``Layout.region``) with the normalisation done in place -- alternating, and prints MB/s
-and the ratio.  Outputs are compared for equality.
+and the ratio.  Outputs are compared for equality.  ``--input tiff`` stores the volume as a
+TIFF instead (one page per plane, uncompressed, in tiles of the chunks' last two sizes, or
+in strips with ``--strips``), read through tifffile's zarr interface.
 
     .venv/bin/python benchmarks/block_reads.py [--shape 256 512 512] [--block 160 512 512]
-        [--chunks 64 64 64] [--rounds 3]
+        [--chunks 64 64 64] [--rounds 3] [--input zarr|tiff] [--strips]
 """
 
 from __future__ import annotations
@@ -36,17 +38,27 @@ def main() -> None:
     parser.add_argument("--block", type=int, nargs=3, default=[160, 512, 512])
     parser.add_argument("--chunks", type=int, nargs=3, default=[64, 64, 64])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--input", choices=["zarr", "tiff"], default="zarr")
+    parser.add_argument("--strips", action="store_true", help="TIFF in strips, not tiles")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "vol.zarr"
-        z = zarr.create_array(str(path), shape=tuple(args.shape), chunks=tuple(args.chunks),
-                              dtype="float32")
         rng = np.random.default_rng(0)
         step = args.chunks[0]
-        for k in range(0, args.shape[0], step):
-            n = min(step, args.shape[0] - k)
-            z[k : k + n] = rng.normal(100, 20, (n, *args.shape[1:])).astype(np.float32)
+        if args.input == "zarr":
+            path = Path(tmp) / "vol.zarr"
+            z = zarr.create_array(str(path), shape=tuple(args.shape),
+                                  chunks=tuple(args.chunks), dtype="float32")
+            for k in range(0, args.shape[0], step):
+                n = min(step, args.shape[0] - k)
+                z[k : k + n] = rng.normal(100, 20, (n, *args.shape[1:])).astype(np.float32)
+        else:
+            import tifffile
+
+            path = Path(tmp) / "vol.tif"
+            volume = rng.normal(100, 20, tuple(args.shape)).astype(np.float32)
+            tifffile.imwrite(path, volume, tile=None if args.strips else tuple(args.chunks[1:]))
+            del volume
 
         model = nu.UNet(spatial_dims=3, depth=4, base_filters=32)
         spec = engine.resolve_model(model)
@@ -74,7 +86,10 @@ def main() -> None:
         rows = []
         for _ in range(args.rounds):
             rows.append((run(None), run(direct)))
-        print(f"volume {tuple(args.shape)} float32 in chunks {tuple(args.chunks)}; "
+        stored = ("TIFF in strips" if args.strips else
+                  f"TIFF in tiles of {tuple(args.chunks[1:])}") if args.input == "tiff" \
+            else f"zarr in chunks {tuple(args.chunks)}"
+        print(f"volume {tuple(args.shape)} float32, {stored}; "
               f"{len(units)} blocks of {tuple(block)} (input regions with the halo)")
         print(f"{'round':>5} {'dask MB/s':>10} {'direct MB/s':>12} {'ratio':>6}")
         ratios = []

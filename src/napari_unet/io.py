@@ -138,8 +138,9 @@ def _open_tiff(path: Path) -> tuple[da.Array, VolumeInfo]:
     if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0 first
         keys = sorted(node.array_keys(), key=lambda k: int(k) if k.isdigit() else k)
         levels = [da.from_zarr(node[k]) for k in keys]
-        return levels[0], VolumeInfo(str(path), scale, axes, tuple(levels[1:]))
-    return da.from_zarr(node), VolumeInfo(str(path), scale, axes)
+        return levels[0], VolumeInfo(str(path), scale, axes, tuple(levels[1:]),
+                                     reader=node[keys[0]])
+    return da.from_zarr(node), VolumeInfo(str(path), scale, axes, reader=node)
 
 
 def _tiff_scale(tif: Any, axes: str | None) -> tuple[float, ...] | None:

@@ -69,6 +69,20 @@ def test_in_memory_and_zarr_outputs_agree(tmp_path, rng):
     np.testing.assert_array_equal(a, b[:])
 
 
+def test_float_results_are_stored_with_lz4_and_labels_with_zarrs_default(tmp_path, rng):
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    x = rng.normal(0, 1, (40, 48)).astype(np.float32)
+    model = tiny_unet(2, out_channels=3)
+    opts = dict(tile=(16, 16), block_shape=(32, 32), device="cpu")
+    for mode, codec in (("probabilities", BloscCodec), ("logits", BloscCodec),
+                        ("instances", ZstdCodec)):
+        ref = nu.predict(model, x, mode=mode, **opts)
+        out = nu.predict(model, x, tmp_path / f"{mode}.zarr", mode=mode, **opts)
+        assert [type(c) for c in out.compressors] == [codec]
+        np.testing.assert_array_equal(out[:], ref)
+
+
 @pytest.mark.parametrize("axes,spatial,lead,channel", [
     ("ZYX", "ZYX", "", False), ("CZYX", "ZYX", "", True), ("TZYX", "ZYX", "T", False),
     ("TCZYX", "ZYX", "T", True), ("YXC", "YX", "", True), ("ZYX", "YX", "Z", False),
@@ -85,25 +99,34 @@ def test_region_read_in_one_call_equals_the_canonical_view(axes, spatial, lead, 
     np.testing.assert_array_equal(layout.region(x, index), expected)
 
 
-@pytest.mark.parametrize("axes,shape,chunks", [
-    ("ZYX", (20, 40, 36), (8, 16, 16)), ("CZYX", (2, 20, 40, 36), (1, 8, 16, 16)),
-    ("TZYX", (2, 20, 40, 36), (1, 8, 16, 16)), ("YXC", (40, 36, 2), (16, 16, 2)),
+@pytest.mark.parametrize("axes,shape,chunks,stored", [
+    ("ZYX", (20, 40, 36), (8, 16, 16), "zarr"), ("CZYX", (2, 20, 40, 36), (1, 8, 16, 16), "zarr"),
+    ("TZYX", (2, 20, 40, 36), (1, 8, 16, 16), "zarr"), ("YXC", (40, 36, 2), (16, 16, 2), "zarr"),
+    ("ZYX", (20, 40, 36), (1, 16, 16), "tiff tiles"), ("ZYX", (20, 40, 36), None, "tiff strips"),
+    ("CZYX", (2, 20, 40, 36), (1, 1, 16, 16), "tiff tiles"),
 ])
 def test_zarr_input_read_directly_gives_the_dask_result(tmp_path, rng, axes, shape, chunks,
-                                                        monkeypatch):
+                                                        stored, monkeypatch):
+    import tifffile
+
     from napari_unet.inference.layout import Layout
 
     calls = []
     region = Layout.region
     monkeypatch.setattr(Layout, "region", lambda self, *a: calls.append(1) or region(self, *a))
     x = (rng.random(shape) * 1000).astype(np.uint16)
-    z = zarr.create_array(tmp_path / "in.zarr", shape=shape, chunks=chunks, dtype=x.dtype)
-    z[:] = x
+    if stored == "zarr":
+        path = tmp_path / "in.zarr"
+        z = zarr.create_array(path, shape=shape, chunks=chunks, dtype=x.dtype)
+        z[:] = x
+    else:  # read through tifffile's zarr interface
+        path = tmp_path / "in.tif"
+        tifffile.imwrite(path, x, tile=chunks[-2:] if chunks else None)
     dims = len(axes.replace("C", "").replace("T", ""))
     model = tiny_unet(dims, out_channels=2, in_channels=2 if "C" in axes else 1)
     opts = dict(mode="logits", tile=(16,) * dims, block_shape=(16,) * dims, device="cpu",
                 axes=axes)
-    direct = nu.predict(model, str(tmp_path / "in.zarr"), tmp_path / "a.zarr", **opts)
+    direct = nu.predict(model, str(path), tmp_path / "a.zarr", **opts)
     n_direct = len(calls)
     through_dask = nu.predict(model, da.from_array(x, chunks=8), tmp_path / "b.zarr", **opts)
     assert n_direct >= 4 and len(calls) == n_direct  # every block of the zarr input, no other

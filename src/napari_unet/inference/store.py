@@ -30,7 +30,7 @@ import zarr
 
 from ..io import RESULT_ATTR, InputError
 
-__all__ = ["OutputStore", "OutputExistsError", "fingerprint"]
+__all__ = ["OutputStore", "OutputExistsError", "fingerprint", "result_compressors"]
 
 STORE_FORMAT = 1
 
@@ -42,6 +42,21 @@ class OutputExistsError(InputError):
 def fingerprint(job: Mapping[str, Any]) -> str:
     """Stable hash of a job description (everything that changes the numbers written)."""
     return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def result_compressors(dtype: Any) -> Any:
+    """Zarr compressors of a result array of ``dtype``.
+
+    Probabilities and logits compress little whatever the codec (1.1-1.6x), and zarr's
+    default zstd halves the speed of writing them, which bounds a GPU run; blosc's lz4 on
+    byte-shuffled values writes about twice as fast (``benchmarks/block_writes.py``).  Labels
+    and class maps compress 9-40x with the default at the same speed, so they keep it.
+    """
+    if np.dtype(dtype).kind != "f":
+        return "auto"
+    from zarr.codecs import BloscCodec
+
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
 def _is_zarr_dir(path: Path) -> bool:
@@ -162,6 +177,7 @@ class OutputStore:
         # record below is written leaves a store that the next run may simply replace.
         group.attrs[RESULT_ATTR] = {"format": STORE_FORMAT, "creating": True}
         for name, spec in arrays.items():
+            spec = {"compressors": result_compressors(spec["dtype"]), **spec}
             group.create_array(name, fill_value=0, **spec)
         # One raw byte per chunk: a marker is either fully there or absent.
         group.create_array(

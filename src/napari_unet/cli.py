@@ -269,6 +269,28 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .bioimageio_export import export_bioimageio
+
+    test_image = None
+    if args.test_image:
+        import numpy as np
+
+        from .io import open_volume
+
+        test_image = np.asarray(open_volume(args.test_image)[0])
+    try:
+        path = export_bioimageio(
+            None if args.model == "nuclei" else args.model, args.out, name=args.name,
+            description=args.description, authors=args.author or ("napari-unet user",),
+            license=args.license, test_image=test_image)
+    except ImportError as err:
+        print(f"napari-unet: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), a valid bioimage.io model package")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -364,6 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show a model file's architecture and metadata")
     p.add_argument("model")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("export", help="write a model as a bioimage.io model package (.zip)")
+    p.add_argument("model", help="a model file, or 'nuclei' for the built-in model")
+    p.add_argument("out", help="the package to write (.zip)")
+    p.add_argument("--name", help="model name shown by the zoo (default: the model's)")
+    p.add_argument("--description", help="one-line description")
+    p.add_argument("--author", action="append", help="author name (repeat for several)")
+    p.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights")
+    p.add_argument("--test-image", help="test input (.tif / .zarr), sizes a multiple of the "
+                                        "network's pooling (default: a synthetic image)")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -154,6 +154,15 @@ def test_train_widget_trains_stops_resumes_and_registers(make_napari_viewer, qtb
                                 for layer in viewer.layers), timeout=60_000)
     _wait(qtbot, w._preview_job)  # no worker may outlive the test's viewer
 
+    # The run's best model as a bioimage.io package (in the run folder by default).
+    assert w.export_button.enabled
+    job = w.export()
+    _wait(qtbot, job)
+    assert (tmp_path / "run" / "bioimageio.zip").exists(), messages
+    assert "bioimage.io package" in w.status.value
+    w.run_dir.value = str(tmp_path / "empty")
+    assert not w.export_button.enabled
+
     # Bad input: labels of another shape.
     bad = viewer.add_labels(np.zeros((10, 10), np.uint8), name="wrong")
     w.labels.value = bad

@@ -110,12 +110,20 @@ class TrainWidget(Container):
         self.stop_button = PushButton(text="Stop (keeps checkpoints)", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(value="")
+        self.export_path = FileEdit(label="bioimage.io package", mode="w", filter="*.zip",
+                                    value="",
+                                    tooltip="where to write the run's best model as a "
+                                            "bioimage.io model package (default: in the run "
+                                            "folder)")
+        self.export_button = PushButton(text="Export best model to bioimage.io",
+                                        enabled=False)
         self.extend([
             self.image, self.labels, self.label_mode, self.core, self.dims, self.depth,
             self.filters,
             self.patch, self.batch_size, self.epochs, self.steps, self.lr, self.loss,
             self.augment, self.invert, self.device, self.run_dir, self.resume, self.preview,
             self.start_button, self.stop_button, self.progress, self.status,
+            self.export_path, self.export_button,
         ])
         self.plot = CurvePlot()
         self.native.layout().addWidget(self.plot)
@@ -124,11 +132,15 @@ class TrainWidget(Container):
             lambda mode: setattr(self.core, "enabled", mode == "instances"))
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
+        self.export_button.changed.connect(self.export)
+        self.run_dir.changed.connect(self._update_export)
         self.job: _workers.Job | None = None
         self._preview_job: _workers.Job | None = None
         self._preview_layer: Any = None
         self.result: Any = None
+        self._export_job: _workers.Job | None = None
         self._default_dims(self.image.value)
+        self._update_export()
 
     def _default_dims(self, layer: Any) -> None:
         """2D for 2D layers; 3D stacks train in 3D unless z is much coarser than x/y."""
@@ -239,6 +251,7 @@ class TrainWidget(Container):
         def on_finished():
             self.start_button.enabled = True
             self.stop_button.enabled = False
+            self._update_export()
 
         self.plot.clear()
         self.start_button.enabled = False
@@ -250,6 +263,48 @@ class TrainWidget(Container):
         if self.job is not None:
             self.job.cancel()
             self.status.value = "stopping: saving the last checkpoint"
+
+    # -- bioimage.io export ------------------------------------------------------------------
+    def _best_model(self) -> Path:
+        return Path(self.run_dir.value) / "best.safetensors"
+
+    def _update_export(self, *_: Any) -> None:
+        self.export_button.enabled = self._best_model().exists()
+
+    def export(self) -> _workers.Job | None:
+        """Write the run's best model as a bioimage.io package, off the GUI thread."""
+        from ..events import StageStarted
+        from ..io import InputError
+
+        model = self._best_model()
+        if not model.exists():
+            show_error(f"napari-unet: {model.parent} holds no trained model yet: train first")
+            return None
+        chosen = str(self.export_path.value or "")  # an empty FileEdit reads as "."
+        out = Path(chosen) if chosen not in ("", ".") else model.parent / "bioimageio.zip"
+        self.export_button.enabled = False
+
+        def make(job):
+            def run():
+                from ..bioimageio_export import export_bioimageio
+
+                yield StageStarted("export", message=f"writing {out}")
+                try:
+                    return export_bioimageio(model, out,
+                                             name=f"napari-unet {model.parent.name}")
+                except ImportError as err:  # the optional dependency: say how to get it
+                    raise InputError(str(err)) from err
+            return run()
+
+        def on_event(event):
+            self.status.value = event.message
+
+        def on_done(path):
+            self.status.value = f"wrote the bioimage.io package {path}"
+
+        self._export_job = _workers.start(make, on_event, on_done,
+                                          on_finished=self._update_export)
+        return self._export_job
 
     # -- live preview ------------------------------------------------------------------------
     def _start_preview(self, layer: Any, model_path: Path, dims: str) -> None:

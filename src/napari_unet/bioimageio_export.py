@@ -61,7 +61,6 @@ def _test_image(model: Any, spatial: Sequence[int], image: Any
     """``(1, C, *spatial)`` float32 test input, as given and normalised as the package's
     preprocessing does (``scale_range``)."""
     from .data.synthetic import synthetic_nuclei
-    from .normalize import DEFAULT_PERCENTILES
 
     cfg = model.config
     if image is None:
@@ -82,24 +81,32 @@ def _test_image(model: Any, spatial: Sequence[int], image: Any
             f"test image of shape {image.shape}: its sizes must be multiples of "
             f"{cfg.size_multiple} (the network's pooling); crop it"
         )
-    lo_p, hi_p = _percentiles(model, DEFAULT_PERCENTILES)
+    percentiles = _percentiles(model)
+    if percentiles is None:
+        return image[None], image[None]
     axes = tuple(range(1, image.ndim))
-    lo = np.percentile(image, lo_p, axis=axes, keepdims=True)
-    hi = np.percentile(image, hi_p, axis=axes, keepdims=True)
+    lo = np.percentile(image, percentiles[0], axis=axes, keepdims=True)
+    hi = np.percentile(image, percentiles[1], axis=axes, keepdims=True)
     return image[None], ((image - lo) / (hi - lo + 1e-6))[None].astype(np.float32)
 
 
-def _percentiles(model: Any, default: Sequence[float]) -> tuple[float, float]:
+def _percentiles(model: Any) -> tuple[float, float] | None:
+    """The model's normalisation percentiles, as ``predict`` uses them (None: none)."""
+    from .normalize import DEFAULT_PERCENTILES
+
     norm = model.metadata.get("normalization") or {}
-    if norm.get("kind", "percentile") != "percentile":
-        return float(default[0]), float(default[1])
-    return float(norm.get("low", default[0])), float(norm.get("high", default[1]))
+    if norm.get("kind") == "none":
+        return None
+    if norm.get("kind") != "percentile":
+        return DEFAULT_PERCENTILES
+    return float(norm["low"]), float(norm["high"])
 
 
 def _documentation(model: Any, name: str, halo: Sequence[int]) -> str:
     meta = model.metadata
     cfg = model.config
     classes = meta.get("class_names") or [f"class {i}" for i in range(cfg.out_channels)]
+    percentiles = _percentiles(model)
     lines = [
         f"# {name}",
         "",
@@ -107,10 +114,10 @@ def _documentation(model: Any, name: str, halo: Sequence[int]) -> str:
         f"first level) trained with napari-unet {meta.get('napari_unet_version', '')}.",
         "",
         "## Input",
-        f"{cfg.in_channels} channel(s); each channel is scaled so that its "
-        f"{_percentiles(model, (1.0, 99.8))[0]}th percentile maps to 0 and its "
-        f"{_percentiles(model, (1.0, 99.8))[1]}th to 1 (napari-unet computes the percentiles "
-        "once per volume).",
+        f"{cfg.in_channels} channel(s), " + (
+            "not normalised." if percentiles is None else
+            f"each scaled so that its {percentiles[0]}th percentile maps to 0 and its "
+            f"{percentiles[1]}th to 1 (napari-unet computes the percentiles once per volume)."),
     ]
     norm = meta.get("normalization") or {}
     if norm.get("invert") in ("auto", "always"):
@@ -125,12 +132,15 @@ def _documentation(model: Any, name: str, halo: Sequence[int]) -> str:
         f"Give each tile {', '.join(map(str, halo))} voxels of context per side (the halo).",
     ]
     if meta.get("label_mode") == "instances":
+        from .config import PredictConfig
+
         grow = meta.get("grow") or int(meta.get("boundary_width", 1)) + 1
         lines += [
             "", "## Instances",
             "napari-unet labels objects as the connected components of the pixels whose most "
-            "likely class is `interior` (components under 10 pixels dropped), each grown by up "
-            f"to {grow} pixels into the pixels whose most likely class is not `background`.",
+            f"likely class is `interior` (components under {PredictConfig().min_size} pixels "
+            f"dropped), each grown by up to {grow} pixels into the pixels whose most likely "
+            "class is not `background`.",
         ]
     for key, title in (("training_data", "Training data"), ("val_scores", "Validation scores"),
                        ("reproduce", "Reproduce")):
@@ -200,7 +210,7 @@ def export_bioimageio(
     spatial_ids = ("z", "y", "x")[-cfg.spatial_dims:]
     tile = recommended_tile(resolve_model(net))
     halo = tuple(o // 2 for o in overlap_voxels(tile, 0.25))
-    lo_p, hi_p = _percentiles(net, (1.0, 99.8))
+    percentiles = _percentiles(net)
 
     raw, x = _test_image(net, tile, test_image)
     wrapped = _WithActivation(net, sigmoid=cfg.out_channels == 1).eval()
@@ -250,9 +260,10 @@ def export_bioimageio(
                     id=v.TensorId("raw"), axes=in_axes,
                     test_tensor=v.FileDescr(source=tmp / "test_input.npy"),
                     data=v.IntervalOrRatioDataDescr(type="float32"),
-                    preprocessing=[v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(
-                        axes=[v.AxisId(a) for a in spatial_ids],
-                        min_percentile=lo_p, max_percentile=hi_p))],
+                    preprocessing=[] if percentiles is None else [
+                        v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(
+                            axes=[v.AxisId(a) for a in spatial_ids],
+                            min_percentile=percentiles[0], max_percentile=percentiles[1]))],
                 )],
                 outputs=[v.OutputTensorDescr(
                     id=v.TensorId("probabilities"), axes=out_axes,

@@ -31,12 +31,14 @@ def _package_output(path, tmp_path):
     rdf = yaml.safe_load((tmp_path / "pkg" / "rdf.yaml").read_text())
     raw = np.load(tmp_path / "pkg" / "test_input.npy")
     expected = np.load(tmp_path / "pkg" / "test_output.npy")
-    scale = next(p for p in rdf["inputs"][0]["preprocessing"] if p["id"] == "scale_range")
-    kw = scale["kwargs"]
-    axes = tuple(range(2, raw.ndim))
-    lo = np.percentile(raw, kw["min_percentile"], axis=axes, keepdims=True)
-    hi = np.percentile(raw, kw["max_percentile"], axis=axes, keepdims=True)
-    x = ((raw - lo) / (hi - lo + 1e-6)).astype(np.float32)
+    x = raw
+    for step in rdf["inputs"][0].get("preprocessing", []):
+        if step["id"] == "scale_range":
+            kw = step["kwargs"]
+            axes = tuple(range(2, raw.ndim))
+            lo = np.percentile(raw, kw["min_percentile"], axis=axes, keepdims=True)
+            hi = np.percentile(raw, kw["max_percentile"], axis=axes, keepdims=True)
+            x = ((raw - lo) / (hi - lo + 1e-6)).astype(np.float32)
     net = torch.jit.load(str(tmp_path / "pkg" / "weights.pt"))
     with torch.no_grad():
         out = net(torch.from_numpy(x)).numpy()
@@ -79,6 +81,17 @@ def test_one_channel_model_exports_a_sigmoid_and_a_given_test_image(tmp_path, rn
     with torch.no_grad():
         own = torch.sigmoid(model(torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(out, own, atol=1e-5)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_model_without_normalisation_exports_no_preprocessing(tmp_path, rng):
+    model = tiny_unet(2, out_channels=2)
+    model.metadata = {"normalization": {"kind": "none"}}
+    image = rng.normal(0, 1, (32, 32)).astype(np.float32)
+    path = export_bioimageio(model, tmp_path / "m.zip", test_image=image)
+    rdf, x, out, expected = _package_output(path, tmp_path)
+    assert all(p["id"] != "scale_range" for p in rdf["inputs"][0].get("preprocessing", []))
+    np.testing.assert_array_equal(x[0, 0], image)
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 

@@ -52,18 +52,18 @@ def outputs_3d(size: int) -> dict[str, np.ndarray]:
             "labels": labels.astype(np.uint32)}
 
 
+ENGINE = "engine's choice"  # store.result_compressors(dtype), chosen per array
+
+
 def codecs() -> dict[str, object]:
     from zarr.codecs import BloscCodec
 
-    from napari_unet.inference.store import result_compressors
-
     return {
         "zarr default (zstd 0)": "auto",
-        "engine's choice": None,  # result_compressors(dtype), filled in per array
+        ENGINE: None,
         "blosc lz4 shuffle": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
         "blosc zstd 1 shuffle": BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
         "none": (),
-        "_result_compressors": result_compressors,
     }
 
 
@@ -71,6 +71,7 @@ def main() -> None:
     import zarr
 
     from napari_unet.inference.engine import write_block
+    from napari_unet.inference.store import result_compressors
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="2D image side (3D: size/4)")
@@ -78,7 +79,6 @@ def main() -> None:
     args = parser.parse_args()
 
     table = codecs()
-    chosen = table.pop("_result_compressors")
     cases = {"2D": (outputs_2d(args.size), 256, 1024), "3D": (outputs_3d(args.size), 64, 128)}
     rows: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,8 +86,8 @@ def main() -> None:
             for dims, (arrays, chunk, block) in cases.items():
                 for name, data in arrays.items():
                     for label, compressors in table.items():
-                        if compressors is None:
-                            compressors = chosen(data.dtype)
+                        if label == ENGINE:
+                            compressors = result_compressors(data.dtype)
                         path = Path(tmp) / f"{dims}-{name}.zarr"
                         lead = (data.shape[0],) if name == "probabilities" else ()
                         spatial = data.shape[len(lead):]

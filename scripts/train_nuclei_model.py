@@ -240,6 +240,8 @@ def main() -> None:
                         help="filters of the first level (default: the config's, 16)")
     parser.add_argument("--core", type=float,
                         help="seeds are object cores: TrainConfig.core (default: the config's)")
+    parser.add_argument("--loss", choices=["auto", "ce_dice", "ce", "dice", "focal"],
+                        help="training loss (default: the config's, auto = CE + Dice)")
     parser.add_argument("--class-weights", choices=["auto", "none"],
                         help="cross-entropy class weights (default: the config's, auto)")
     parser.add_argument("--rgb", action="store_true",
@@ -259,7 +261,7 @@ def main() -> None:
              "invert": args.invert, "pair_sampling": args.pair_sampling,
              "patch_size": (args.patch, args.patch) if args.patch else None,
              "batch_size": args.batch_size, "core": args.core,
-             "class_weights": args.class_weights,
+             "class_weights": args.class_weights, "loss": args.loss,
              "zoom": tuple(args.zoom) if args.zoom else None}
     changes = {k: v for k, v in given.items() if v is not None}
     arch = {k: v for k, v in (("depth", args.depth), ("base_filters", args.base_filters))

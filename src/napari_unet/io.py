@@ -37,9 +37,10 @@ class VolumeInfo:
     scale: tuple[float, ...] | None = None
     axes: str | None = None
     multiscale: tuple[Any, ...] = ()  # lower resolutions (dask arrays), level 0 excluded
-    # The zarr array behind level 0, where there is one: the engine reads a block's region
-    # from it in one call (zarr decodes its chunks concurrently, into one buffer), 3x faster
-    # than through dask's chunk-by-chunk graph on 2 cores.
+    # The zarr array behind level 0, where there is one (for a TIFF, tifffile's zarr view):
+    # the engine reads a block's region from it in one call (zarr decodes its chunks
+    # concurrently, into one buffer), 2-8x faster than through dask's chunk-by-chunk graph
+    # on 2 cores (benchmarks/block_reads.py).
     reader: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 

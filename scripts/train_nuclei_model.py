@@ -62,7 +62,9 @@ dropping them is a fine-tuning step:
 
 A further run from it with plain cross-entropy (``--loss ce``, no Dice term; same settings,
 early stopping after 39 epochs, 8 minutes) scored lower (Dice 0.916, AP@0.5 0.790, AP@0.75
-0.631, mean AP 0.578) and was not kept.
+0.631, mean AP 0.578) and was not kept; one with smaller cores (``--core 0.2 --class-weights
+none``, 22 minutes, seeds regrow 6 px) scored the same within noise (Dice 0.918, AP@0.5
+0.802, AP@0.75 0.635, mean AP 0.587) and was not kept either.
 
 A third run from the last with ``--core 0.5`` (``--lr 2e-4 --patience 20 --plateau-patience
 6``, early stopping after 42 epochs, 10 minutes) scored lower (Dice 0.908, AP@0.5 0.770, mean

@@ -83,6 +83,32 @@ def test_float_results_are_stored_with_lz4_and_labels_with_zarrs_default(tmp_pat
         np.testing.assert_array_equal(out[:], ref)
 
 
+def test_store_made_with_another_codec_resumes_with_it(tmp_path, rng, monkeypatch):
+    from zarr.codecs import ZstdCodec
+
+    from napari_unet.inference import store as store_module
+
+    x = rng.normal(0, 1, (16, 48, 48)).astype(np.float32)
+    model = tiny_unet(3)
+    opts = dict(mode="probabilities", tile=(16, 16, 16), block_shape=(16, 16, 16),
+                device="cpu")
+    full = nu.predict(model, x, **opts)
+    # A store as versions before the lz4 codec wrote it, interrupted after some blocks.
+    monkeypatch.setattr(store_module, "result_compressors", lambda dtype: "auto")
+    calls = {"n": 0}
+
+    def cancel_after_three():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(Cancelled):
+        nu.predict(model, x, tmp_path / "old.zarr", cancel=cancel_after_three, **opts)
+    monkeypatch.undo()
+    out = nu.predict(model, x, tmp_path / "old.zarr", **opts)
+    assert [type(c) for c in out.compressors] == [ZstdCodec]
+    np.testing.assert_array_equal(out[:], full)
+
+
 @pytest.mark.parametrize("axes,spatial,lead,channel", [
     ("ZYX", "ZYX", "", False), ("CZYX", "ZYX", "", True), ("TZYX", "ZYX", "T", False),
     ("TCZYX", "ZYX", "T", True), ("YXC", "YX", "", True), ("ZYX", "YX", "Z", False),

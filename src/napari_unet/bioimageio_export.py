@@ -25,7 +25,7 @@ import torch
 
 from .io import InputError
 
-__all__ = ["export_bioimageio"]
+__all__ = ["MissingDependencyError", "export_bioimageio"]
 
 _CITE_UNET = ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image "
               "Segmentation. MICCAI 2015", "10.1007/978-3-319-24574-4_28")
@@ -44,12 +44,17 @@ class _WithActivation(torch.nn.Module):
         return torch.sigmoid(y) if self.sigmoid else torch.softmax(y, dim=1)
 
 
+class MissingDependencyError(InputError, ImportError):
+    """An optional dependency is not installed; the message says how to install it.  An
+    ``InputError``, so the CLI and the widgets report it as a message like any setup problem."""
+
+
 def _spec():
     try:
         import bioimageio.spec as spec
         from bioimageio.spec.model import v0_5
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             "exporting to bioimage.io needs the bioimageio.spec package: "
             "pip install 'napari-unet[bioimageio]'"
         ) from err
@@ -193,7 +198,8 @@ def export_bioimageio(
 
     spec, v = _spec()
     import pydantic  # bioimageio.spec's own dependency
-    net = resolve_model(model).module
+    model_spec = resolve_model(model)
+    net = model_spec.module
     if not isinstance(net, UNet):
         raise TypeError(f"only napari-unet UNet models can be exported, got {type(net).__name__}")
     net = net.float().eval()
@@ -208,7 +214,7 @@ def export_bioimageio(
     classes = [str(c) for c in (meta.get("class_names")
                                 or [f"class{i}" for i in range(cfg.out_channels)])]
     spatial_ids = ("z", "y", "x")[-cfg.spatial_dims:]
-    tile = recommended_tile(resolve_model(net))
+    tile = recommended_tile(model_spec)
     halo = tuple(o // 2 for o in overlap_voxels(tile, 0.25))
     percentiles = _percentiles(net)
 

@@ -274,7 +274,6 @@ class TrainWidget(Container):
     def export(self) -> _workers.Job | None:
         """Write the run's best model as a bioimage.io package, off the GUI thread."""
         from ..events import StageStarted
-        from ..io import InputError
 
         model = self._best_model()
         if not model.exists():
@@ -289,11 +288,7 @@ class TrainWidget(Container):
                 from ..bioimageio_export import export_bioimageio
 
                 yield StageStarted("export", message=f"writing {out}")
-                try:
-                    return export_bioimageio(model, out,
-                                             name=f"napari-unet {model.parent.name}")
-                except ImportError as err:  # the optional dependency: say how to get it
-                    raise InputError(str(err)) from err
+                return export_bioimageio(model, out, name=f"napari-unet {model.parent.name}")
             return run()
 
         def on_event(event):

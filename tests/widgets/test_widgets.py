@@ -285,3 +285,50 @@ def test_probability_layer_shows_foreground_lazily(tmp_path):
     np.testing.assert_allclose(np.asarray(fg), 0.75)  # 1 - P(background), not P(boundary)
     one = SegmentWidget._foreground(np.full((1, 4, 5), 0.8, np.float32), spatial_dims=2)
     np.testing.assert_allclose(np.asarray(one), 0.8)  # binary model: its one channel
+
+
+def test_segment_widget_store_follows_the_data_not_the_layer_name(make_napari_viewer, qtbot,
+                                                                  tmp_path, monkeypatch):
+    """The widget's own store (a large image) is keyed on the layer, and a layer painted over
+    or replaced under the same name is segmented again, never answered from the old store."""
+    monkeypatch.setattr(_segment_widget, "IN_MEMORY_LIMIT", 0)
+    monkeypatch.setattr(_segment_widget.tempfile, "gettempdir", lambda: str(tmp_path))
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    path = nu.save_model(tiny_unet(2, out_channels=2), tmp_path / "tiny2d.safetensors")
+    name = registry.add("tiny 2D store (test)", path)
+    w.model.reset_choices()
+    w.model.value = name
+    w.mode.value = "probabilities"
+
+    def segment(data, same_layer=False):
+        if same_layer:
+            layer = viewer.layers["img"]
+            layer.data = data
+        else:
+            if "img" in viewer.layers:
+                viewer.layers.remove("img")
+            layer = viewer.add_image(data, name="img")
+        w.reset_choices()
+        w.image.value = layer
+        job = w.run()
+        _wait(qtbot, job)
+        result = viewer.layers[-1]
+        out = np.asarray(result.data, dtype=np.float32)
+        viewer.layers.remove(result)
+        return out
+
+    def foreground(data):
+        probs = nu.predict(path, data, mode="probabilities", device="cpu")
+        return 1.0 - probs[0].astype(np.float32)
+
+    image, _ = synthetic_nuclei((96, 128), seed=1)
+    other, _ = synthetic_nuclei((96, 128), seed=2)
+    np.testing.assert_allclose(segment(image), foreground(image), atol=2e-3)
+    assert np.abs(foreground(image) - foreground(other)).max() > 0.01
+    # Another layer of the same name, then the same layer painted over.
+    np.testing.assert_allclose(segment(other), foreground(other), atol=2e-3)
+    painted = other.copy()
+    painted[:48] = image[:48]
+    np.testing.assert_allclose(segment(painted, same_layer=True), foreground(painted),
+                               atol=2e-3)

@@ -169,10 +169,13 @@ class SegmentWidget(Container):
             if not str(path) or path == Path("."):
                 raise ValueError("choose where to write the zarr store")
             return path
-        # Managed location: stable for the same layer, model and settings, so a second run
-        # resumes the first.
-        key = hashlib.sha1(f"{layer.name}|{model_path}|{config.to_json()}".encode()).hexdigest()
-        return Path(tempfile.gettempdir()) / "napari-unet" / f"{layer.name}-{key[:10]}.zarr"
+        # Managed location: stable for the same layer (its identity, not its name: two
+        # layers may share a name), model and settings, so a second run resumes the first.
+        # The engine resumes it only if the data is unchanged, else recomputes it (see run).
+        key = hashlib.sha1(f"{layer.unique_id}|{model_path}|{config.to_json()}".encode()
+                           ).hexdigest()
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer.name)[:40]
+        return Path(tempfile.gettempdir()) / "napari-unet" / f"{safe}-{key[:10]}.zarr"
 
     def run(self) -> _workers.Job | None:
         """Start segmenting; returns the job (None when the input was refused)."""
@@ -199,6 +202,10 @@ class SegmentWidget(Container):
                 output = None
             else:
                 output = self._output_path(layer, config, int(data.size), model_path)
+                if output is not None and self.store.value == "auto":
+                    # The widget's own store of this layer: painted or replaced data is
+                    # segmented again rather than refused (a store the user chose is not).
+                    config = config.replace(overwrite=True)
             return self._start(layer, data, model_path, config, output, region, spatial_dims)
         except Exception as err:  # noqa: BLE001 - any refusal becomes a notification
             show_error(f"napari-unet: {err}")

@@ -40,6 +40,7 @@ from .device import (
     select_precision,
     too_large,
 )
+from .input_digest import input_record
 from .layout import Layout, resolve_layout
 from .store import OutputStore, fingerprint
 from .tiling import (
@@ -416,14 +417,16 @@ class _BlockRunner:
 
 def _job(model_record: dict[str, Any], array: Any, source: str, layout: Any,
          norm_record: dict[str, Any], plan: _Plan, config: PredictConfig, precision: str,
-         label_mode: str | None, boundary_width: int, grow: int | None) -> dict[str, Any]:
+         label_mode: str | None, boundary_width: int, grow: int | None,
+         content: dict[str, Any] | None) -> dict[str, Any]:
     """JSON description of a prediction job: everything that changes the numbers written or
-    where they go (its fingerprint decides whether an output store resumes)."""
+    where they go (its fingerprint decides whether an output store resumes).  ``content``
+    identifies the input's data (:func:`.input_digest.input_record`)."""
     grid = plan.grid
     job = {
         "model": model_record,
         "input": {"source": source, "shape": list(array.shape), "dtype": str(array.dtype),
-                  "axes": layout.axes, "to_gray": layout.to_gray},
+                  "axes": layout.axes, "to_gray": layout.to_gray, "content": content},
         "normalization": norm_record,
         "tile": list(grid.tile), "overlap": list(grid.overlap), "blending": config.blending,
         "sigma_scale": config.sigma_scale, "mode": config.mode,
@@ -519,12 +522,14 @@ def predict_iter(
     n_frames = math.prod(frame_shape) if config.mode == "instances" else 0
 
     model_record = spec.describe()  # hashes the weights: once, however many plans are tried
+    # What proves a resumed store's input unchanged (an in-memory result never resumes).
+    content = input_record(array, source, info.reader) if output is not None else None
 
     def planned(config: PredictConfig) -> tuple[_Plan, dict[str, Any]]:
         grid, block, chunk = plan_shapes(spatial_shape, spec, config)
         plan = _Plan(layout, lead_shape, spatial_shape, grid, block, chunk)
         return plan, _job(model_record, array, source, layout, norm_record, plan, config,
-                          precision, label_mode, boundary_width, grow)
+                          precision, label_mode, boundary_width, grow, content)
 
     plan, job = planned(config)
     if auto_batch and output is not None:

@@ -29,6 +29,7 @@ import numpy as np
 import zarr
 
 from ..io import RESULT_ATTR, InputError
+from .input_digest import describe_change
 
 __all__ = ["OutputStore", "OutputExistsError", "fingerprint", "result_compressors"]
 
@@ -129,13 +130,14 @@ class OutputStore:
                 overwrite = True  # ours, interrupted while being created: it holds no results
             if not overwrite:
                 why = (
-                    "it holds the result of a different job (other model, input or settings)"
+                    describe_change(existing.get("job") or {}, job)
                     if existing is not None
                     else "it is a zarr store that napari-unet did not write"
                 )
                 raise OutputExistsError(
-                    f"output {str(path)!r} already exists and {why}; pass overwrite=True "
-                    "(CLI: --overwrite) to replace it, or choose another path"
+                    f"output {str(path)!r} already exists and {why}; run again with "
+                    "--overwrite (Python: overwrite=True) to recompute it, or choose another "
+                    "path"
                 )
             shutil.rmtree(path)
         parent = path.parent if str(path.parent) else Path(".")

@@ -363,6 +363,8 @@ def as_spatial_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[
 
 
 LABEL_MODES = ("instances", "classes", "scribbles")
+SCHEDULES = ("plateau", "cosine", "onecycle")
+TARGETS = ("classes", "distance")
 LOSSES = ("auto", "bce_dice", "ce_dice", "dice", "ce", "focal")
 
 
@@ -380,6 +382,13 @@ class TrainConfig(_Config):
         contact (boundary next to another object) so touching objects separate.
         ``classes``: dense class ids (0 = background).
         ``scribbles``: sparse strokes, 0 = unlabelled (ignored), k >= 1 = class k-1.
+    target : {"classes", "distance"}
+        ``instances`` mode: what the model learns to predict.  ``classes``: background /
+        interior / boundary / contact (see ``core``).  ``distance``: a foreground
+        probability and, per voxel, the distance to its object's edge as a share of the
+        object's largest (a dense regression); instance seeds are the voxels whose predicted
+        distance exceeds a threshold chosen on the validation patches after training, and
+        they regrow through the rest of the foreground.
     patch_size : tuple of int
         Training patch per spatial axis; a multiple of the model's pooling product.
     batch_size, epochs, steps_per_epoch : int
@@ -410,8 +419,13 @@ class TrainConfig(_Config):
         Fixed validation patches evaluated after every epoch.
     patience : int
         Early stopping: epochs without a better validation Dice.
+    schedule : {"plateau", "cosine", "onecycle"}
+        Learning-rate schedule.  ``plateau``: ``lr`` halved after ``plateau_patience`` epochs
+        without a better validation Dice.  ``cosine``: a linear warm-up over the first 5 % of
+        the steps, then cosine decay to 0 at the last step of ``epochs``.  ``onecycle``: from
+        ``lr`` / 25 up to ``lr`` over the first 30 %, then cosine decay to ``lr`` / 10^4.
     plateau_patience : int
-        Epochs without improvement before the learning rate is halved.
+        ``plateau`` schedule: epochs without improvement before the learning rate is halved.
     boundary_width : int
         Width in pixels of the boundary class (``instances`` mode).
     core : float
@@ -440,6 +454,7 @@ class TrainConfig(_Config):
         default_factory=lambda: ModelConfig(depth=4, base_filters=16)
     )
     label_mode: str = "instances"
+    target: str = "classes"
     patch_size: tuple[int, ...] = (256, 256)
     batch_size: int = 8
     epochs: int = 50
@@ -455,6 +470,7 @@ class TrainConfig(_Config):
     val_fraction: float = 0.2
     val_patches: int = 32
     patience: int = 20
+    schedule: str = "plateau"
     plateau_patience: int = 5
     boundary_width: int = 2
     core: float = 0.3
@@ -513,6 +529,13 @@ class TrainConfig(_Config):
             raise ConfigError(f"normalize must be percentiles 0 <= low < high <= 100, "
                               f"got {self.normalize}")
         object.__setattr__(self, "normalize", (lo, hi))
+        if self.target not in TARGETS:
+            raise ConfigError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.target != "classes" and self.label_mode != "instances":
+            raise ConfigError(f"target={self.target!r} needs label_mode='instances' (dense "
+                              f"instance labels), got label_mode={self.label_mode!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.pair_sampling not in PAIR_SAMPLINGS:
             raise ConfigError(f"pair_sampling must be one of {PAIR_SAMPLINGS}, "
                               f"got {self.pair_sampling!r}")

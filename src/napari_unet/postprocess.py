@@ -24,6 +24,8 @@ __all__ = [
     "grow_instances",
     "instances_in_memory",
     "BOUNDARY_MODE",
+    "DISTANCE_OUTPUT",
+    "output_kind",
 ]
 
 # Label mode of models trained on instance masks as background / interior / boundary /
@@ -31,20 +33,44 @@ __all__ = [
 BOUNDARY_MODE = "instances"
 
 
-def probabilities(logits):  # torch.Tensor (C, ...) -> (C, ...)
-    """Sigmoid for one-channel (binary) models, softmax over classes otherwise."""
+DISTANCE_OUTPUT = "distance"
+
+
+def output_kind(metadata: dict) -> str:
+    """"distance" for models with the distance target (foreground, normalised distance),
+    else "classes" (softmax over classes, or one sigmoid channel)."""
+    return str(metadata.get("output", "classes"))
+
+
+def probabilities(logits, output: str = "classes"):  # torch.Tensor (C, ...) -> (C, ...)
+    """Sigmoid for one-channel (binary) and distance models (foreground probability and
+    normalised distance), softmax over classes otherwise."""
     import torch
 
-    if logits.shape[0] == 1:
+    if logits.shape[0] == 1 or output == DISTANCE_OUTPUT:
         return torch.sigmoid(logits)
     return torch.softmax(logits, dim=0)
 
 
-def semantic(logits, threshold: float = 0.5):  # torch.Tensor (C, ...) -> (...)
-    """Class index per voxel: ``p > threshold`` for binary models, argmax otherwise."""
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def semantic(logits, threshold: float = 0.5, output: str = "classes",
+             seed_threshold: float = 0.5):  # torch.Tensor (C, ...) -> (...)
+    """Class index per voxel: ``p > threshold`` for binary models, argmax otherwise.
+
+    Distance models: 0 background (foreground probability up to ``threshold``), 1 seed
+    (normalised distance above ``seed_threshold``), 2 the rest of the object -- the classes
+    that instance labelling seeds and regrows, as for a background / interior / boundary
+    model.
+    """
+    if output == DISTANCE_OUTPUT:
+        fg = logits[0] > _logit(threshold)
+        seed = logits[1] > _logit(seed_threshold)
+        return (fg.to(_torch_dtype("uint8")) * (2 - seed.to(_torch_dtype("uint8"))))
     if logits.shape[0] == 1:
-        cut = math.log(threshold / (1.0 - threshold))  # threshold in logit space
-        return (logits[0] > cut).to(dtype=_torch_dtype(semantic_dtype(1)))
+        return (logits[0] > _logit(threshold)).to(dtype=_torch_dtype(semantic_dtype(1)))
     return logits.argmax(dim=0).to(dtype=_torch_dtype(semantic_dtype(logits.shape[0])))
 
 

@@ -106,7 +106,7 @@ def run_block(job: ClusterJob, index: int) -> int:
     canonical, direct, runner, store = _state(job)
     unit = job.units[index]
     x, in_region = read_block(canonical, job.plan, job.norm, unit, str(job.source), direct)
-    name, data = _block_arrays(runner(x, in_region, unit[1]), job.config)
+    name, data = _block_arrays(runner(x, in_region, unit[1]), job.config, runner.spec.metadata)
     write_block(store, unit, name, data, job.config.mode)
     store.mark_block(index)
     return index

@@ -522,6 +522,8 @@ def predict_iter(
     n_frames = math.prod(frame_shape) if config.mode == "instances" else 0
 
     model_record = spec.describe()  # hashes the weights: once, however many plans are tried
+    if postprocess.output_kind(spec.metadata) == postprocess.DISTANCE_OUTPUT:
+        model_record["seed_threshold"] = float(spec.metadata.get("seed_threshold", 0.5))
     # What proves a resumed store's input unchanged (an in-memory result never resumes).
     content = input_record(array, source, info.reader) if output is not None else None
 
@@ -632,16 +634,21 @@ def _array_specs(
 
 
 def _block_arrays(
-    logits: torch.Tensor, config: PredictConfig
+    logits: torch.Tensor, config: PredictConfig, metadata: dict[str, Any]
 ) -> tuple[str, np.ndarray]:
+    """The array a block's logits become for ``config.mode`` (``metadata``: the model's)."""
+    output = postprocess.output_kind(metadata)
     if config.mode == "logits":
         return "logits", logits.cpu().numpy()
     if config.mode == "probabilities":
         # Cast on the device: half the bytes to move, and no slow float16 rounding on the host.
-        probs = postprocess.probabilities(logits).to(getattr(torch, config.probability_dtype))
+        probs = postprocess.probabilities(logits, output).to(
+            getattr(torch, config.probability_dtype))
         return "probabilities", probs.cpu().numpy()
     name = "labels" if config.mode == "semantic" else "semantic"
-    return name, postprocess.semantic(logits, config.threshold).cpu().numpy()
+    return name, postprocess.semantic(
+        logits, config.threshold, output,
+        float(metadata.get("seed_threshold", 0.5))).cpu().numpy()
 
 
 def direct_reader(layout: Layout, info: Any) -> Callable[[tuple[Any, ...]], np.ndarray] | None:
@@ -770,7 +777,7 @@ def _run_blocks(
                 yield Notice("predict", f"out of memory on {runner.device}: "
                                         f"{runner.batch_size} tile(s) per batch from now on "
                                         f"(was {batch_size})")
-            name, data = _block_arrays(logits, config)
+            name, data = _block_arrays(logits, config, runner.spec.metadata)
             del logits
             writes.append((i, writer.submit(write, i, name, data)))
             while writes and (len(writes) > max(1, config.prefetch) or writes[0][1].done()):
@@ -835,7 +842,7 @@ def _label(
     # Label in chunks of ~4 M voxels: dask-image's relabelling across chunk faces costs
     # far more with many small chunks (2048^2 in 256^2 chunks: 29 s, in 512^2: 3 s).
     chunks = label_chunks(store["semantic"].chunks, store["semantic"].shape,
-                          len(frame_shape))
+                          len(frame_shape), IN_MEMORY_LABEL_VOXELS)
     classes = da.from_zarr(store["semantic"], chunks=chunks)
 
     def put(arr: da.Array, target: Any, frame: tuple[int, ...]) -> None:

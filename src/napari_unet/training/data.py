@@ -221,9 +221,9 @@ def split_validation(
 
 
 def _small_target(labels: np.ndarray, label_mode: str, boundary_width: int,
-                  core: float = 0.0) -> np.ndarray:
+                  core: float = 0.0, target_kind: str = "classes") -> np.ndarray:
     """The whole image's target in the smallest signed integer type that holds it."""
-    target = make_target(labels, label_mode, boundary_width, core)
+    target = make_target(labels, label_mode, boundary_width, core, target_kind)
     lo, hi = (int(target.min()), int(target.max())) if target.size else (0, 0)
     for dtype in (np.int8, np.int16, np.int32):
         info = np.iinfo(dtype)
@@ -245,8 +245,10 @@ class PatchSampler:
         augmenter: Augmenter | None,
         uniform: bool = False,
         core: float = 0.0,
+        target: str = "classes",
     ) -> None:
         self.pairs = pairs
+        self.target = target
         self.patch = tuple(patch)
         self.label_mode = label_mode
         self.boundary_width = boundary_width
@@ -258,7 +260,7 @@ class PatchSampler:
         self.weights = sizes / sizes.sum()
         # Targets of data held in memory are made once, for the whole image: per patch they
         # took a third of the sampling time (boundary filters over patch + margin).
-        self.targets = [_small_target(p.labels, label_mode, boundary_width, core)
+        self.targets = [_small_target(p.labels, label_mode, boundary_width, core, target)
                         if isinstance(p.labels, np.ndarray) else None for p in pairs]
 
     def _window(self, pair: TrainPair, rng: np.random.Generator, centred: bool) -> list[int]:
@@ -290,7 +292,7 @@ class PatchSampler:
             # Cores of objects cut by the region are measured within it (an approximation
             # data held in memory avoids: its targets are made for whole images).
             t = make_target(_take(pair.labels, sl), self.label_mode, self.boundary_width,
-                            self.core)
+                            self.core, self.target)
         if any(p for pp in pad for p in pp):
             x = np.pad(x, [(0, 0), *pad], mode="reflect")
             t = np.pad(t, pad, mode="reflect")
@@ -339,13 +341,19 @@ class PatchSampler:
         xs, ts, *draws = zip(*patches, strict=True)
         return (np.stack(xs), np.stack(ts), *(list(d) for d in draws))
 
-    def fixed_patches(self, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``n`` un-augmented patches drawn once (the validation set of a run)."""
+    def fixed_patches(self, n: int, seed: int, labels: bool = False
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``n`` un-augmented patches drawn once (the validation set of a run); with
+        ``labels``, the same patches' labels instead of their targets."""
         rng = np.random.default_rng([seed, 7919])
         out = []
         for _ in range(n):
             k, start = self._draw(rng)
-            out.append(self.read(k, start, (0,) * len(self.patch)))
+            x, t = self.read(k, start, (0,) * len(self.patch))
+            if labels:
+                sl = tuple(slice(a, a + p) for a, p in zip(start, self.patch, strict=True))
+                t = _take(self.pairs[k].labels, sl)
+            out.append((x, t))
         return out
 
 

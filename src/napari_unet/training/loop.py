@@ -48,11 +48,19 @@ from .augment import Augmenter
 from .augment_device import augment_batch
 from .data import PatchSampler, class_weights, prepare_pairs, split_validation
 from .losses import dice_score, make_loss
-from .targets import INSTANCE_CLASSES, grow_distance, n_classes_for
+from .targets import (
+    DISTANCE_CHANNELS,
+    INSTANCE_CLASSES,
+    grow_distance,
+    levels_to_classes,
+    n_classes_for,
+)
 
 __all__ = ["TrainResult", "train_iter"]
 
 STATE_FILE = "last_state.pt"
+# Seeds of a distance model before its threshold is chosen on the validation patches.
+DEFAULT_SEED_THRESHOLD = 0.5
 
 
 @dataclasses.dataclass
@@ -186,7 +194,46 @@ def _out_of_memory(config: TrainConfig, device: torch.device, precision: str, ep
     )
 
 
-def _evaluate(model, patches, loss_fn, device, precision, batch_size):
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The learning rate after ``step`` of ``total`` steps, as a share of ``lr``, for the
+    per-step schedules (``cosine``: 5 % linear warm-up, cosine decay to 0; ``onecycle``: from
+    1/25 up over 30 %, cosine decay to 1/10^4)."""
+    total = max(1, total)
+    step = min(step, total)
+    warm, start, end = (max(1, total // 20), 0.0, 0.0) if schedule == "cosine" else (
+        max(1, int(0.3 * total)), 0.04, 1e-4)
+    if step < warm:
+        return start + (1.0 - start) * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
+    """The learning-rate scheduler of ``config.schedule`` (stepped per epoch with the
+    validation Dice for ``plateau``, per step otherwise)."""
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=config.plateau_patience)
+    total = config.epochs * config.steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config.schedule, step, total))
+
+
+def _choose_seeds(path: Path, val_sampler: PatchSampler, config: TrainConfig,
+                  grow_for: Callable[[float], int], device: torch.device, precision: str
+                  ) -> None:
+    """Store in the model at ``path`` the seed threshold that labels the validation patches
+    best, and how far its seeds regrow."""
+    from .seed_threshold import choose_seed_threshold
+
+    model = load_model(path).to(device)
+    patches = val_sampler.fixed_patches(config.val_patches, config.seed, labels=True)
+    best, scores = choose_seed_threshold(model, patches, grow_for, device, precision)
+    save_model(model.cpu(), path, seed_threshold=best, grow=grow_for(best),
+               seed_threshold_scores={str(k): v for k, v in scores.items()})
+
+
+def _evaluate(model, patches, loss_fn, device, precision, batch_size, distance=False):
     model.eval()
     losses, inter, denom = [], 0.0, 0.0
     with torch.no_grad():
@@ -199,7 +246,7 @@ def _evaluate(model, patches, loss_fn, device, precision, batch_size):
                 logits = model(x)
             logits = logits.float()
             losses.append(loss_fn(logits, t).item() * len(xs))
-            a, b = dice_score(logits, t)
+            a, b = dice_score(logits, t, distance)
             inter += a
             denom += b
     model.train()
@@ -269,8 +316,10 @@ def train_iter(
         )
     n_classes = n_classes_for(config.label_mode, max_label)
     binary = n_classes == 2
+    distance = config.target == "distance"
+    out_channels = len(DISTANCE_CHANNELS) if distance else 1 if binary else n_classes
     model_cfg = config.model.replace(in_channels=int(train_pairs[0].image.shape[0]),
-                                     out_channels=1 if binary else n_classes)
+                                     out_channels=out_channels)
     init = None
     if config.init_model is not None:
         init = load_model(config.init_model)
@@ -292,20 +341,22 @@ def train_iter(
                  if config.augment else None)
     sampler = PatchSampler(train_pairs, patch, config.label_mode, config.boundary_width,
                            config.foreground_fraction, augmenter,
-                           uniform=config.pair_sampling == "uniform", core=config.core)
+                           uniform=config.pair_sampling == "uniform", core=config.core,
+                           target=config.target)
     val_sampler = PatchSampler(val_pairs, patch, config.label_mode, config.boundary_width,
-                               config.foreground_fraction, None, core=config.core)
+                               config.foreground_fraction, None, core=config.core,
+                               target=config.target)
     val_set = val_sampler.fixed_patches(config.val_patches, config.seed)
     weights = None
-    if config.class_weights == "auto" and config.loss != "dice":
+    if config.class_weights == "auto" and config.loss != "dice" and not distance:
         sample = sampler.fixed_patches(min(64, 4 * config.batch_size), config.seed + 1)
         # On the training device from the start: a copy per step would wait for the device.
         weights = torch.tensor(class_weights([t for _, t in sample], n_classes),
                                dtype=torch.float32, device=device)
-    loss_fn = make_loss(config.loss, binary, weights)
+    loss_fn = make_loss(config.loss, binary, weights, config.target)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=0.5, patience=config.plateau_patience)
+    scheduler = make_scheduler(optimizer, config)
+    per_step = config.schedule != "plateau"
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     metadata = {
@@ -314,21 +365,29 @@ def train_iter(
         "label_mode": config.label_mode,
         "boundary_width": config.boundary_width,
         "core": config.core,
-        "class_names": (list(INSTANCE_CLASSES)
-                        if config.label_mode == "instances"
+        "class_names": (list(DISTANCE_CHANNELS) if distance
+                        else list(INSTANCE_CLASSES) if config.label_mode == "instances"
                         else [f"class {i}" for i in range(n_classes)]),
         "tile": [max(2 * p, 256 if sd == 2 else 96) for p in patch],
         "patch_size": list(patch),
         "train_config": config.to_dict(),
     }
-    if config.label_mode == "instances" and config.core > 0:
-        # Seeds of a core model regrow further than the ring width: as far as its targets need.
-        # Whole targets where small (distance transforms cost ~20 bytes per voxel), else
-        # training patches.
+    grow_for = None
+    if config.label_mode == "instances" and (config.core > 0 or distance):
+        # Seeds of a core or distance model regrow further than the ring width: as far as its
+        # targets need.  Whole targets where small (distance transforms cost ~20 bytes per
+        # voxel), else training patches.
         whole = [t for t in sampler.targets if t is not None and t.size <= 2**24]
         if len(whole) < len(sampler.targets):
             whole += [t for _, t in sampler.fixed_patches(64, config.seed + 2)]
-        metadata["grow"] = grow_distance(whole, config.boundary_width)
+
+        def grow_for(threshold: float) -> int:
+            return grow_distance([levels_to_classes(t, threshold) for t in whole]
+                                 if distance else whole, config.boundary_width)
+
+        if distance:
+            metadata.update(output="distance", seed_threshold=DEFAULT_SEED_THRESHOLD)
+        metadata["grow"] = grow_for(DEFAULT_SEED_THRESHOLD)
     history: list[EpochEnd] = []
     start_epoch, start_step, best, bad_epochs, global_step = 0, 0, -1.0, 0, 0
     elapsed0 = 0.0
@@ -412,6 +471,8 @@ def train_iter(
                     stepping = True
                     scaler.step(optimizer)
                     scaler.update()
+                    if per_step:
+                        scheduler.step()
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not too_large(err):
                         raise
@@ -439,8 +500,9 @@ def train_iter(
                 break
             start_step = 0
             val_loss, val_dice = _evaluate(model, val_set, loss_fn, device, precision,
-                                           config.batch_size)
-            scheduler.step(val_dice)
+                                           config.batch_size, distance)
+            if not per_step:
+                scheduler.step(val_dice)
             improved = val_dice > best + 1e-6
             if improved:
                 best, bad_epochs = val_dice, 0
@@ -472,4 +534,8 @@ def train_iter(
     best_path = run_dir / "best.safetensors"
     if not best_path.exists():  # cancelled before the first validation
         best_path = run_dir / "last.safetensors"
+    elif distance and stopped != "cancelled":
+        yield StageStarted("seeds", message="choosing the seed threshold on the validation "
+                                            "patches")
+        _choose_seeds(best_path, val_sampler, config, grow_for, device, precision)
     return TrainResult(run_dir, best_path, run_dir / "last.safetensors", history, best, stopped)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .targets import IGNORE
+from .targets import DISTANCE_LEVELS, IGNORE
 
 __all__ = ["make_loss", "soft_dice_loss", "dice_score"]
 
@@ -121,8 +121,28 @@ def _focal(logits, target, weight=None, gamma: float = 2.0):
     return _mean_over(loss, w)
 
 
-def make_loss(name: str, binary: bool, class_weights: torch.Tensor | None = None):
-    """The loss function called ``name`` ("auto", "bce_dice", "ce_dice", "dice", "ce", "focal")."""
+def distance_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Loss of a ``distance`` model (channels: foreground, normalised distance) against
+    distance levels (0 background, 1 + d * DISTANCE_LEVELS): BCE + soft Dice of the
+    foreground, plus BCE of the predicted distance against d (0 on the background), over the
+    labelled voxels."""
+    logits = logits.float()
+    valid = (target != IGNORE).to(logits.dtype)
+    fg = (target > 0).to(logits.dtype)
+    distance = (target - 1).clamp_min(0).to(logits.dtype) / DISTANCE_LEVELS
+    fg_loss = F.binary_cross_entropy_with_logits(logits[:, 0], fg, reduction="none")
+    d_loss = F.binary_cross_entropy_with_logits(logits[:, 1], distance, reduction="none")
+    fg_target = torch.where(target > 0, 1, torch.where(target == IGNORE, IGNORE, 0))
+    dice = 1.0 - _binary_dice(torch.sigmoid(logits[:, 0]), fg_target, 1.0)
+    return _mean_over(fg_loss, valid) + dice + _mean_over(d_loss, valid)
+
+
+def make_loss(name: str, binary: bool, class_weights: torch.Tensor | None = None,
+              target: str = "classes"):
+    """The loss function called ``name`` ("auto", "bce_dice", "ce_dice", "dice", "ce", "focal");
+    for ``target="distance"`` models :func:`distance_loss` whatever ``name``."""
+    if target == "distance":
+        return distance_loss
     if name == "auto":
         name = "bce_dice" if binary else "ce_dice"
     xent = _bce if binary else _ce
@@ -140,13 +160,15 @@ def make_loss(name: str, binary: bool, class_weights: torch.Tensor | None = None
 
 
 @torch.no_grad()
-def dice_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+def dice_score(logits: torch.Tensor, target: torch.Tensor, distance: bool = False
+               ) -> tuple[float, float]:
     """Hard foreground Dice terms (intersection, denominator) over labelled voxels.
 
-    Foreground = any class other than 0, so the score is comparable across label modes.
+    Foreground = any class other than 0 (``distance`` models: the foreground channel), so the
+    score is comparable across label modes and targets.
     """
     valid = target != IGNORE
-    if logits.shape[1] == 1:
+    if logits.shape[1] == 1 or distance:
         pred = logits[:, 0] > 0
     else:
         pred = logits.argmax(dim=1) > 0

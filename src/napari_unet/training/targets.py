@@ -7,16 +7,24 @@ import math
 
 import numpy as np
 
-__all__ = ["IGNORE", "INSTANCE_CLASSES", "grow_distance", "make_target", "n_classes_for"]
+__all__ = ["IGNORE", "INSTANCE_CLASSES", "DISTANCE_CHANNELS", "DISTANCE_LEVELS",
+           "grow_distance", "make_target", "n_classes_for", "distance_levels", "levels_to_classes"]
 
 IGNORE = -1
 # Classes of the ``instances`` label mode (models trained before the contact class have
 # the first three).
 INSTANCE_CLASSES = ("background", "interior", "boundary", "contact")
+# Output channels of an ``instances`` model with the ``distance`` target: a foreground logit
+# and a logit of each voxel's distance to its object's edge, as a share of the object's
+# largest (sigmoid: 0 at the edge, 1 at the centre).
+DISTANCE_CHANNELS = ("foreground", "distance")
+# Distance targets are stored as integers (patches, augmentation and padding treat every
+# target alike): 0 background, 1 + round(d * DISTANCE_LEVELS) for a normalised distance d.
+DISTANCE_LEVELS = 254
 
 
 def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2,
-                core: float = 0.0) -> np.ndarray:
+                core: float = 0.0, target: str = "classes") -> np.ndarray:
     """Training target (int64 classes, ``IGNORE`` where unlabelled) from a label patch.
 
     ``instances``: 0 background, 1 interior, 2 boundary (``boundary_width`` pixels inside each
@@ -29,6 +37,7 @@ def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2,
     core, where the distance to the object's edge exceeds ``core`` times the object's largest
     such distance, and the rest of the object is boundary: touching objects then have seeds
     apart by a share of their size rather than by the width of the contact.
+    With ``target="distance"`` an ``instances`` target is :func:`distance_levels` instead.
     ``classes``: the labels are class ids.  ``scribbles``: 0 is unlabelled, k is class k-1.
     """
     labels = np.asarray(labels)
@@ -38,6 +47,8 @@ def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2,
         return labels.astype(np.int64) - 1
     if label_mode != "instances":
         raise ValueError(f"unknown label mode {label_mode!r}")
+    if target == "distance":
+        return distance_levels(labels)
     faces = _half_ball(labels.ndim, 1)
     edge = _dilate(_differing_neighbours(labels, faces, objects_only=False), faces,
                    boundary_width - 1)
@@ -52,23 +63,57 @@ def make_target(labels: np.ndarray, label_mode: str, boundary_width: int = 2,
     return target
 
 
-def _core(labels: np.ndarray, interior: np.ndarray, core: float) -> np.ndarray:
-    """Where the distance to the object's edge exceeds ``core`` x its largest in the object.
-
-    Object by object within its bounding box (which holds every voxel nearer to the object's
-    interior than anything outside it), so memory follows the largest object rather than the
-    image: a distance transform of a whole volume costs ~20 bytes per voxel.
-    """
+def _object_distances(labels: np.ndarray, inside_of: np.ndarray | None = None):
+    """Per object (bounding box, object mask, distance to its edge), object by object so that
+    memory follows the largest object rather than the image (a whole volume's distance
+    transform costs ~20 bytes per voxel).  The box is widened by one voxel of outside where
+    it does not reach the image's border, so the distances equal those of one whole-image
+    transform (the border itself is no edge: the object goes on beyond it).  ``inside_of``
+    restricts each object (e.g. to its interior)."""
     from scipy import ndimage as ndi
 
-    out = np.zeros(labels.shape, bool)
     for k, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
-        inside = interior[box] & (labels[box] == k)
-        if inside.any():
-            distance = ndi.distance_transform_edt(inside)
-            out[box] |= distance > core * distance.max()
+        inside = labels[box] == k
+        if inside_of is not None:
+            inside &= inside_of[box]
+        if not inside.any():
+            continue
+        pad = [(int(b.start > 0), int(b.stop < n)) for b, n in zip(box, labels.shape,
+                                                                   strict=True)]
+        distance = ndi.distance_transform_edt(np.pad(inside, pad))
+        yield box, inside, distance[tuple(slice(a, a + n) for (a, _), n in
+                                          zip(pad, inside.shape, strict=True))]
+
+
+def distance_levels(labels: np.ndarray) -> np.ndarray:
+    """The ``distance`` target of instance labels (int16): 0 background, else 1 + the
+    distance to the object's edge (touching objects count as edges) as a share of the
+    object's largest, in ``DISTANCE_LEVELS`` steps.  Normalised per object, the target does
+    not change with the image's scale (zoom augmentation keeps it valid)."""
+    labels = np.asarray(labels)
+    out = np.zeros(labels.shape, np.int16)
+    for box, inside, distance in _object_distances(labels):
+        level = 1 + np.rint(distance / distance.max() * DISTANCE_LEVELS).astype(np.int16)
+        out[box][inside] = level[inside]
+    return out
+
+
+def levels_to_classes(levels: np.ndarray, seed_threshold: float) -> np.ndarray:
+    """Background (0) / seed (1) / rest of the object (2) from distance levels: what
+    instance labelling does with a distance model's output (seeds where the normalised
+    distance exceeds ``seed_threshold``)."""
+    cut = 1 + seed_threshold * DISTANCE_LEVELS
+    return np.where(levels > cut, 1, np.where(levels > 0, 2, 0)).astype(levels.dtype)
+
+
+def _core(labels: np.ndarray, interior: np.ndarray, core: float) -> np.ndarray:
+    """Where the distance to the object's edge exceeds ``core`` x its largest in the object
+    (object by object: see :func:`_object_distances`)."""
+    out = np.zeros(labels.shape, bool)
+    for box, _inside, distance in _object_distances(labels, interior):
+        out[box] |= distance > core * distance.max()
     return out
 
 

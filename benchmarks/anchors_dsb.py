@@ -1,0 +1,118 @@
+"""Anchors on DSB 2018 val, scored the same way: Otsu, the built-in model, napari-unet trained
+from scratch at a fixed budget (recipes: schedules, targets, colour), and Cellpose trained from
+scratch at the same budget where it is installed.
+
+Each method writes ``results/anchors_dsb/<name>.json`` (per-image counts and the summary);
+``--table`` prints every stored result as one markdown table (pooled over objects, as
+StarDist's ``matching_dataset``, and per-image means; AP@0.5 by modality).
+
+    .venv/bin/python benchmarks/anchors_dsb.py otsu builtin
+    .venv/bin/python benchmarks/anchors_dsb.py train --recipe cosine --steps 2400
+    .venv/bin/python benchmarks/anchors_dsb.py --table
+
+Training runs use the whole of ``train/``; the checkpoint is selected on fixed patches of
+``val/`` (the validation Dice of the training loop) and scored on the whole ``val/`` images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _dsb  # noqa: E402
+
+import napari_unet as nu  # noqa: E402
+from napari_unet.config import ModelConfig, TrainConfig  # noqa: E402
+from napari_unet.evaluation import otsu_baseline  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "anchors_dsb"
+
+# The training setup every recipe starts from: what a user of TrainConfig gets for 2D nuclei
+# (defaults, with 16 x 128^2 patches, images drawn equally often and bright backgrounds
+# inverted, as DSB's mixed sizes and modalities need).
+BASE = TrainConfig(
+    model=ModelConfig(spatial_dims=2, depth=4, base_filters=16),
+    patch_size=(128, 128), batch_size=16, steps_per_epoch=40, pair_sampling="uniform",
+    invert="auto", precision="bf16",
+)
+RECIPES: dict[str, dict] = {
+    # TrainConfig's defaults: lr 1e-4 halved after 5 epochs without progress, 32 val patches.
+    "default": {},
+    "plateau-lr1e-3": {"lr": 1e-3},
+    "plateau-lr1e-3-val128-p10": {"lr": 1e-3, "val_patches": 128, "plateau_patience": 10},
+    "cosine-lr1e-3": {"lr": 1e-3, "schedule": "cosine"},
+    "onecycle-lr2e-3": {"lr": 2e-3, "schedule": "onecycle"},
+}
+
+
+def score(name: str, preds, labels, kinds, stems, **meta) -> dict:
+    rows = [{"stem": s, "kind": k, **_dsb.image_counts(p, t)}
+            for p, t, k, s in zip(preds, labels, kinds, stems, strict=True)]
+    record = _dsb.save(RESULTS / f"{name}.json", name, rows, **meta)
+    print(_dsb.table([record]), flush=True)
+    return record
+
+
+def run_train(args, recipe: str, train, val) -> None:
+    changes = dict(RECIPES[recipe])
+    rgb = changes.pop("rgb", False)
+    epochs = max(1, args.steps // BASE.steps_per_epoch)
+    # A fixed budget: every recipe runs all its steps (no early stopping).
+    config = BASE.replace(epochs=epochs, patience=10**6, seed=args.seed, **changes)
+    convert = _dsb.to_rgb if rgb else _dsb.to_gray
+    pairs = [(convert(i), lab) for i, lab in zip(train[1], train[2], strict=True)]
+    vpairs = [(convert(i), lab) for i, lab in zip(val[1], val[2], strict=True)]
+    run = Path(args.runs) / f"{recipe}-s{args.seed}"
+    t0 = time.time()
+    result = nu.train(pairs, config, vpairs, run,
+                      progress=lambda e: print(e, flush=True) if hasattr(e, "val_dice") else None)
+    minutes = (time.time() - t0) / 60
+    model = nu.load_model(result.best_model)
+    model.metadata["rgb_to_gray"] = not rgb
+    t1 = time.time()
+    preds = [nu.predict(model, convert(i) if rgb else i, mode="instances", device="cpu")
+             for i in val[1]]
+    name = f"train-{recipe}" + (f"-s{args.seed}" if args.seed else "")
+    score(name, preds, val[2], val[3], val[0], budget=f"{epochs * config.steps_per_epoch} "
+          f"steps x {config.batch_size}, {minutes:.0f} min", train_minutes=minutes,
+          predict_seconds=time.time() - t1, best_epoch=max(result.history,
+                                                            key=lambda e: e.val_dice).epoch,
+          config=config.to_dict())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("methods", nargs="*", help="otsu, builtin, train, cellpose")
+    parser.add_argument("--recipe", default="default", choices=sorted(RECIPES))
+    parser.add_argument("--steps", type=int, default=2400, help="training budget in steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=_dsb.DATA)
+    parser.add_argument("--runs", default="runs/anchors")
+    parser.add_argument("--table", action="store_true", help="print every stored result")
+    args = parser.parse_args()
+    if args.methods:
+        train = _dsb.load_split(args.data, "train")
+        val = _dsb.load_split(args.data, "val")
+    for method in args.methods:
+        if method == "otsu":
+            score("otsu", [otsu_baseline(i) for i in val[1]], val[2], val[3], val[0])
+        elif method == "builtin":
+            t0 = time.time()
+            preds = [nu.predict(None, i, mode="instances", device="cpu") for i in val[1]]
+            score("built-in model", preds, val[2], val[3], val[0], budget="shipped",
+                  predict_seconds=time.time() - t0)
+        elif method == "train":
+            run_train(args, args.recipe, train, val)
+        else:
+            raise SystemExit(f"unknown method {method!r}")
+    if args.table:
+        records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+        print(_dsb.table(records))
+
+
+if __name__ == "__main__":
+    main()

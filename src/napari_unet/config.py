@@ -262,6 +262,13 @@ class PredictConfig(_Config):
     min_size : int
         Instance mode: seeds (object cores) smaller than this many voxels are dropped --
         fragments, not objects.
+    split_touching : int
+        Instance mode, models without boundary classes (two-class and scribble models):
+        split touching objects at the necks of their distance to the background -- each
+        seed is where that distance exceeds half the largest within this radius (voxels;
+        about the objects' typical radius), and seeds regrow as far.  Out of core, blocks
+        see three radii of context: the result is the same as in one piece for objects up
+        to twice the radius.  0: connected components of the foreground.
     tta : bool
         Test-time augmentation: average the logits over mirror images along the YX axes
         (4x the compute; usually a little more accurate).
@@ -285,6 +292,7 @@ class PredictConfig(_Config):
     normalize: tuple[float, float] | None = None
     prefetch: int = 2
     min_size: int = 10
+    split_touching: int = 0
     tta: bool = False
     overwrite: bool = False
 
@@ -328,6 +336,10 @@ class PredictConfig(_Config):
                 f"batch_size must be 'auto' or an integer >= 1, got {self.batch_size!r}")
         if not isinstance(self.min_size, int) or self.min_size < 0:
             raise ConfigError(f"min_size must be an integer >= 0, got {self.min_size!r}")
+        if (not isinstance(self.split_touching, int) or isinstance(self.split_touching, bool)
+                or self.split_touching < 0):
+            raise ConfigError(f"split_touching must be a radius in voxels >= 0 (0: off), got "
+                              f"{self.split_touching!r}")
         if not isinstance(self.prefetch, int) or self.prefetch < 0:
             raise ConfigError(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
         if not 0.0 < float(self.sigma_scale) <= 1.0:
@@ -365,6 +377,7 @@ def as_spatial_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[
 LABEL_MODES = ("instances", "classes", "scribbles")
 SCHEDULES = ("plateau", "cosine", "onecycle")
 TARGETS = ("classes", "distance")
+SCRIBBLE_PRIORS = ("none", "forest")
 LOSSES = ("auto", "bce_dice", "ce_dice", "dice", "ce", "focal")
 
 
@@ -389,6 +402,11 @@ class TrainConfig(_Config):
         object's largest (a dense regression); instance seeds are the voxels whose predicted
         distance exceeds a threshold chosen on the validation patches after training, and
         they regrow through the rest of the foreground.
+    scribble_prior : {"none", "forest"}
+        ``scribbles`` mode: what the network learns where nothing is painted.  ``none``:
+        nothing (only painted voxels count).  ``forest``: a random-forest pixel classifier
+        fitted to the scribbles in seconds (multiscale filter features, as ilastik) labels
+        the unpainted voxels it is confident about, and the network learns those too.
     patch_size : tuple of int
         Training patch per spatial axis; a multiple of the model's pooling product.
     batch_size, epochs, steps_per_epoch : int
@@ -445,7 +463,10 @@ class TrainConfig(_Config):
         Seeds sampling, augmentation and initialisation (deterministic on the CPU).
     init_model : str, optional
         Start from the weights of this model file (fine-tuning, e.g. the built-in model on
-        your own images); its architecture replaces ``model``.
+        your own images); its architecture and its intensity normalisation (percentiles,
+        inversion) replace ``model``, ``normalize`` and ``invert``.  An instance model
+        (background / interior / boundary / contact) fine-tuned from ``scribbles`` keeps its
+        classes: strokes of 1 mark background, strokes of 2 any part of an object.
     device, precision : str
         As in :class:`PredictConfig`; AMP is used on a GPU.
     """
@@ -455,6 +476,7 @@ class TrainConfig(_Config):
     )
     label_mode: str = "instances"
     target: str = "classes"
+    scribble_prior: str = "none"
     patch_size: tuple[int, ...] = (256, 256)
     batch_size: int = 8
     epochs: int = 50
@@ -534,6 +556,9 @@ class TrainConfig(_Config):
         if self.target != "classes" and self.label_mode != "instances":
             raise ConfigError(f"target={self.target!r} needs label_mode='instances' (dense "
                               f"instance labels), got label_mode={self.label_mode!r}")
+        if self.scribble_prior not in SCRIBBLE_PRIORS:
+            raise ConfigError(f"scribble_prior must be one of {SCRIBBLE_PRIORS}, got "
+                              f"{self.scribble_prior!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.pair_sampling not in PAIR_SAMPLINGS:

@@ -26,6 +26,9 @@ __all__ = [
     "BOUNDARY_MODE",
     "DISTANCE_OUTPUT",
     "output_kind",
+    "split_classes",
+    "split_classes_lazy",
+    "split_depth",
 ]
 
 # Label mode of models trained on instance masks as background / interior / boundary /
@@ -162,3 +165,43 @@ def grow_instances(
     # the seeds' chunks, which the caller aligned with the store's: two tasks must never
     # write parts of one stored chunk.
     return out.rechunk(seeds.chunks)
+
+
+# A seed of split_classes is where the distance to the background exceeds this share of the
+# largest within the radius.
+SPLIT_SHARE = 0.5
+
+
+def split_classes(classes: np.ndarray, radius: int, share: float = SPLIT_SHARE) -> np.ndarray:
+    """Seeds for splitting touching objects of a foreground mask (``classes > 0``): 0
+    background, 1 seed, 2 rest of the foreground -- the classes that instance labelling seeds
+    and regrows (by ``radius``), as for a boundary model.
+
+    A seed voxel's distance to the background exceeds ``share`` x the largest such distance
+    within ``radius``: two round objects touching at a neck narrower than ``share`` x their
+    radius get one seed each, a single object one seed.
+    """
+    from scipy import ndimage as ndi
+
+    fg = np.asarray(classes) > 0
+    distance = ndi.distance_transform_edt(fg)
+    peak = ndi.maximum_filter(distance, size=2 * int(radius) + 1, mode="nearest")
+    seed = fg & (distance > share * peak)
+    return np.where(seed, 1, np.where(fg, 2, 0)).astype(np.uint8)
+
+
+def split_depth(radius: int) -> int:
+    """Context a block of :func:`split_classes_lazy` needs: distances are exact up to twice
+    the radius (objects up to that radius) and the neighbourhood maximum reaches one more
+    radius."""
+    return 3 * int(radius)
+
+
+def split_classes_lazy(classes: da.Array, radius: int, share: float = SPLIT_SHARE
+                       ) -> da.Array:
+    """:func:`split_classes` chunk by chunk with ``split_depth`` of context: the same result
+    wherever every object's radius is at most twice ``radius`` (tested)."""
+    depth = min(split_depth(radius), *(max(1, s - 1) for s in classes.shape))
+    out = da.map_overlap(split_classes, classes, depth=depth, boundary="none",
+                         dtype=np.uint8, radius=radius, share=share)
+    return out.rechunk(classes.chunks)  # dask rechunks chunks thinner than the depth

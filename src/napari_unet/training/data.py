@@ -193,12 +193,19 @@ def _load_small(pairs: list[TrainPair], limit: int) -> None:
 
 
 def split_validation(
-    pairs: list[TrainPair], fraction: float, seed: int, patch: tuple[int, ...]
+    pairs: list[TrainPair], fraction: float, seed: int, patch: tuple[int, ...],
+    sparse: bool = False,
 ) -> tuple[list[TrainPair], list[TrainPair], str]:
     """Hold out whole pairs, or cut a single pair along its first spatial axis.
 
+    ``sparse`` (scribbles): a single pair is not cut -- every stroke painted is needed for
+    training, and the strokes then serve as the validation too.
+
     Returns the training pairs, the validation pairs and a note on how they were split.
     """
+    if sparse and len(pairs) == 1:
+        return pairs, pairs, ("one image of scribbles: trained on every stroke and validated "
+                              "on the same strokes (no held-out score)")
     if len(pairs) >= 2:
         order = np.random.default_rng(seed).permutation(len(pairs))
         n_val = max(1, int(round(fraction * len(pairs))))

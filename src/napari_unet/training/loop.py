@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import postprocess
 from ..config import TrainConfig
 from ..events import EpochEnd, Progress, StageStarted
 from ..inference.device import (
@@ -47,7 +48,7 @@ from ..model.unet import UNet
 from .augment import Augmenter
 from .augment_device import augment_batch
 from .data import PatchSampler, class_weights, prepare_pairs, split_validation
-from .losses import dice_score, make_loss
+from .losses import dice_score, make_loss, partial_scribble_loss
 from .targets import (
     DISTANCE_CHANNELS,
     INSTANCE_CLASSES,
@@ -233,7 +234,19 @@ def _choose_seeds(path: Path, val_sampler: PatchSampler, config: TrainConfig,
                seed_threshold_scores={str(k): v for k, v in scores.items()})
 
 
-def _evaluate(model, patches, loss_fn, device, precision, batch_size, distance=False):
+def train_mode(model: torch.nn.Module, freeze_norms: bool = False) -> None:
+    """Training mode; with ``freeze_norms`` the batch norms keep the statistics they have
+    (fine-tuning from a few strokes on one image: statistics of its patches alone would
+    replace those of the data the model learnt on, and it forgets)."""
+    model.train()
+    if freeze_norms:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _evaluate(model, patches, loss_fn, device, precision, batch_size, distance=False,
+              freeze_norms=False):
     model.eval()
     losses, inter, denom = [], 0.0, 0.0
     with torch.no_grad():
@@ -249,7 +262,7 @@ def _evaluate(model, patches, loss_fn, device, precision, batch_size, distance=F
             a, b = dice_score(logits, t, distance)
             inter += a
             denom += b
-    model.train()
+    train_mode(model, freeze_norms)
     return sum(losses) / max(1, len(patches)), (inter / denom if denom > 0 else 1.0)
 
 
@@ -293,6 +306,16 @@ def train_iter(
         # A run from before core seeds (its interior reached the boundary ring) goes on so.
         state["config"]["core"] = 0.0
         config = config.replace(core=0.0)
+    init = load_model(config.init_model) if config.init_model is not None else None
+    norm_meta = (init.metadata.get("normalization") or {}) if init is not None else {}
+    if norm_meta.get("kind") == "percentile":
+        # Fine-tuning keeps the intensities the weights were trained on.
+        config = config.replace(normalize=(float(norm_meta["low"]), float(norm_meta["high"])),
+                                invert=str(norm_meta.get("invert", "never")))
+    # Scribbles for a boundary model: its classes stay, strokes say background or object.
+    partial = (config.label_mode == "scribbles" and init is not None
+               and init.metadata.get("label_mode") == "instances"
+               and postprocess.output_kind(init.metadata) == "classes")
     sd = config.model.spatial_dims
     patch = tuple(config.patch_size)
     yield StageStarted("prepare", message="checking and sampling the training data")
@@ -307,22 +330,35 @@ def train_iter(
         max_label = max(stats.max_label, vstats.max_label)
     else:
         train_pairs, val_pairs, split_note = split_validation(
-            train_pairs, config.val_fraction, config.seed, patch)
+            train_pairs, config.val_fraction, config.seed, patch,
+            sparse=config.label_mode == "scribbles")
         max_label = stats.max_label
     if config.label_mode == "scribbles" and max_label < 2:
         raise InputError(
             "scribbles need at least two classes: paint background with label 1 and "
             "foreground with label 2 (0 stays unlabelled)"
         )
+    if partial and max_label > 2:
+        raise InputError(
+            f"init_model {config.init_model!r} is an instance model: its scribbles take two "
+            f"values, 1 for background and 2 for objects (found up to {max_label})")
+    if config.label_mode == "scribbles" and config.scribble_prior == "forest":
+        from .pixel_classifier import forest_pseudo_labels
+
+        yield StageStarted("forest", message="pixel classifier on the scribbles")
+        try:
+            train_pairs = forest_pseudo_labels(train_pairs, seed=config.seed)
+        except ValueError as err:
+            raise InputError(str(err)) from err
     n_classes = n_classes_for(config.label_mode, max_label)
     binary = n_classes == 2
     distance = config.target == "distance"
     out_channels = len(DISTANCE_CHANNELS) if distance else 1 if binary else n_classes
     model_cfg = config.model.replace(in_channels=int(train_pairs[0].image.shape[0]),
                                      out_channels=out_channels)
-    init = None
-    if config.init_model is not None:
-        init = load_model(config.init_model)
+    if partial:
+        model_cfg = model_cfg.replace(out_channels=init.config.out_channels)
+    if init is not None:
         if (init.config.in_channels, init.config.out_channels) != (
                 model_cfg.in_channels, model_cfg.out_channels):
             raise InputError(
@@ -348,12 +384,13 @@ def train_iter(
                                target=config.target)
     val_set = val_sampler.fixed_patches(config.val_patches, config.seed)
     weights = None
-    if config.class_weights == "auto" and config.loss != "dice" and not distance:
+    if config.class_weights == "auto" and config.loss != "dice" and not (distance or partial):
         sample = sampler.fixed_patches(min(64, 4 * config.batch_size), config.seed + 1)
         # On the training device from the start: a copy per step would wait for the device.
         weights = torch.tensor(class_weights([t for _, t in sample], n_classes),
                                dtype=torch.float32, device=device)
-    loss_fn = make_loss(config.loss, binary, weights, config.target)
+    loss_fn = (partial_scribble_loss if partial
+               else make_loss(config.loss, binary, weights, config.target))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = make_scheduler(optimizer, config)
     per_step = config.schedule != "plateau"
@@ -372,8 +409,12 @@ def train_iter(
         "patch_size": list(patch),
         "train_config": config.to_dict(),
     }
+    if partial:  # still the init model's kind of model: its classes, seeds and regrowth
+        metadata.update({k: init.metadata[k] for k in (
+            "label_mode", "boundary_width", "core", "class_names", "grow", "tile",
+            "rgb_to_gray") if k in init.metadata})
     grow_for = None
-    if config.label_mode == "instances" and (config.core > 0 or distance):
+    if config.label_mode == "instances" and (config.core > 0 or distance) and not partial:
         # Seeds of a core or distance model regrow further than the ring width: as far as its
         # targets need.  Whole targets where small (distance transforms cost ~20 bytes per
         # voxel), else training patches.
@@ -412,7 +453,8 @@ def train_iter(
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.yaml")
     fmt = memory_format(sd)
-    model.to(device, memory_format=fmt).train()
+    model.to(device, memory_format=fmt)
+    train_mode(model, partial)
     # Move optimiser state onto the device after a resume.
     for st in optimizer.state.values():
         for k, v in st.items():
@@ -500,7 +542,7 @@ def train_iter(
                 break
             start_step = 0
             val_loss, val_dice = _evaluate(model, val_set, loss_fn, device, precision,
-                                           config.batch_size, distance)
+                                           config.batch_size, distance, partial)
             if not per_step:
                 scheduler.step(val_dice)
             improved = val_dice > best + 1e-6

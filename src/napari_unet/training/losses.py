@@ -137,6 +137,20 @@ def distance_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _mean_over(fg_loss, valid) + dice + _mean_over(d_loss, valid)
 
 
+def partial_scribble_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Scribbles (0 background, 1 object, IGNORE elsewhere) for a model with more classes
+    than that: class 0 is background and any other class is a part of an object, so a stroke
+    of 1 asks for the summed probability of classes 1.. (their log-sum-exp).  Background and
+    object strokes weigh equally, however many voxels each has."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    fg = torch.logsumexp(logp[:, 1:], dim=1)
+    per = -torch.where(target == 1, fg, logp[:, 0])
+    loss = logits.new_zeros(())
+    for value in (0, 1):
+        loss = loss + _mean_over(per, (target == value).to(per.dtype)) / 2
+    return loss
+
+
 def make_loss(name: str, binary: bool, class_weights: torch.Tensor | None = None,
               target: str = "classes"):
     """The loss function called ``name`` ("auto", "bce_dice", "ce_dice", "dice", "ce", "focal");

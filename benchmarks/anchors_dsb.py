@@ -17,6 +17,7 @@ Training runs use the whole of ``train/``; the checkpoint is selected on fixed p
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -46,6 +47,9 @@ RECIPES: dict[str, dict] = {
     "plateau-lr1e-3-val128-p10": {"lr": 1e-3, "val_patches": 128, "plateau_patience": 10},
     "cosine-lr1e-3": {"lr": 1e-3, "schedule": "cosine"},
     "onecycle-lr2e-3": {"lr": 2e-3, "schedule": "onecycle"},
+    # Instance targets and colour, at the schedule measured best above.
+    "distance-cosine-lr1e-3": {"lr": 1e-3, "schedule": "cosine", "target": "distance"},
+    "rgb-cosine-lr1e-3": {"lr": 1e-3, "schedule": "cosine", "rgb": True},
 }
 
 
@@ -67,11 +71,14 @@ def run_train(args, recipe: str, train, val) -> None:
     pairs = [(convert(i), lab) for i, lab in zip(train[1], train[2], strict=True)]
     vpairs = [(convert(i), lab) for i, lab in zip(val[1], val[2], strict=True)]
     run = Path(args.runs) / f"{recipe}-s{args.seed}"
-    t0 = time.time()
-    result = nu.train(pairs, config, vpairs, run,
-                      progress=lambda e: print(e, flush=True) if hasattr(e, "val_dice") else None)
-    minutes = (time.time() - t0) / 60
-    model = nu.load_model(result.best_model)
+    if not args.evaluate_only:
+        nu.train(pairs, config, vpairs, run,
+                 progress=lambda e: print(e, flush=True) if hasattr(e, "val_dice") else None)
+    with open(run / "history.csv") as fh:
+        history = list(csv.DictReader(fh))
+    minutes = float(history[-1]["elapsed"]) / 60
+    best_epoch = max(history, key=lambda h: float(h["val_dice"]))["epoch"]
+    model = nu.load_model(run / "best.safetensors")
     model.metadata["rgb_to_gray"] = not rgb
     t1 = time.time()
     preds = [nu.predict(model, convert(i) if rgb else i, mode="instances", device="cpu")
@@ -79,8 +86,7 @@ def run_train(args, recipe: str, train, val) -> None:
     name = f"train-{recipe}" + (f"-s{args.seed}" if args.seed else "")
     score(name, preds, val[2], val[3], val[0], budget=f"{epochs * config.steps_per_epoch} "
           f"steps x {config.batch_size}, {minutes:.0f} min", train_minutes=minutes,
-          predict_seconds=time.time() - t1, best_epoch=max(result.history,
-                                                            key=lambda e: e.val_dice).epoch,
+          predict_seconds=time.time() - t1, best_epoch=int(best_epoch),
           config=config.to_dict())
 
 
@@ -93,6 +99,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=_dsb.DATA)
     parser.add_argument("--runs", default="runs/anchors")
     parser.add_argument("--table", action="store_true", help="print every stored result")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="score the run already in --runs instead of training")
     args = parser.parse_args()
     if args.methods:
         train = _dsb.load_split(args.data, "train")

@@ -28,9 +28,9 @@ def main() -> None:
     import zarr
 
     import napari_unet as nu
+    from napari_unet.axes import resolve_layout
     from napari_unet.config import PredictConfig
     from napari_unet.inference import engine
-    from napari_unet.inference.layout import resolve_layout
     from napari_unet.normalize import Normalization
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -64,6 +64,7 @@ def flops_per_voxel(model, dims: int, tile: int = 64) -> float:
 def plan_of(model, shape, dims, tile, batch, device):
     """The tile, tiles per pass and network voxels per output voxel that predict would use."""
     import napari_unet as nu
+    from napari_unet.axes import Layout
     from napari_unet.inference.device import inference_module, measure_batch_size
     from napari_unet.inference.engine import (
         _Plan,
@@ -72,7 +73,6 @@ def plan_of(model, shape, dims, tile, batch, device):
         resolve_model,
         tiles_per_batch,
     )
-    from napari_unet.inference.layout import Layout
 
     spec = resolve_model(model)
     if batch == "auto":

@@ -162,8 +162,8 @@ def geometry() -> None:
     import math
 
     import napari_unet as nu
+    from napari_unet.axes import Layout
     from napari_unet.inference.engine import _Plan, plan_shapes, resolve_model
-    from napari_unet.inference.layout import Layout
 
     print(f"{'dims':>4} {'shape':>20} {'crop tile':>18} {'crop':>6} {'gaussian tile':>18} "
           f"{'gaussian':>8} {'ratio':>6}")

@@ -87,11 +87,14 @@ def train_iter(
     run_dir: Any = "napari-unet-run",
     resume: bool = False,
     cancel: Callable[[], bool] | None = None,
+    metadata: dict[str, Any] | None = None,
+    axes: str | None = None,
 ) -> Generator[Any, None, Any]:
     """Generator form of :func:`train` (yields Progress / EpochEnd, returns TrainResult)."""
     from .training.loop import train_iter as _train_iter
 
-    return (yield from _train_iter(train_data, config, val_data, run_dir, resume, cancel))
+    return (yield from _train_iter(train_data, config, val_data, run_dir, resume, cancel,
+                                   metadata, axes))
 
 
 def train(
@@ -103,6 +106,8 @@ def train(
     resume: bool = False,
     progress: Callable[[Any], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    axes: str | None = None,
+    metadata: dict[str, Any] | None = None,
     **options: Any,
 ) -> Any:
     """Train a 2D or 3D U-Net on (image, labels) pairs.
@@ -123,6 +128,12 @@ def train(
         Continue an interrupted run in ``run_dir``.
     progress, cancel : callable, optional
         Event callback; cancel hook polled every step.
+    axes : str, optional
+        Axes of every image, letters from "TCZYX" (e.g. "CYX", "YXC", "ZYX"); inferred from
+        the labels' shape when omitted: labels cover the spatial axes (and Z of a stack
+        for a 2D model, trained slice by slice), an extra image axis is the channel.
+    metadata : dict, optional
+        Facts stored in the saved models, e.g. ``rgb_to_gray=True``.
 
     Returns
     -------
@@ -132,7 +143,8 @@ def train(
     config = config or TrainConfig()
     if options:
         config = config.replace(**options)
-    return drain(train_iter(train_data, config, val_data, run_dir, resume, cancel), progress)
+    return drain(train_iter(train_data, config, val_data, run_dir, resume, cancel, metadata,
+                            axes), progress)
 
 
 def cross_validate(

@@ -8,38 +8,62 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import BLENDINGS, INVERT_MODES
-
-__all__ = ["main"]
+__all__ = ["main", "add_config_options", "config_changes"]
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected integers like 64,128,128, got {text!r}") from err
+def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (),
+                       prefix: str = "") -> None:
+    """One flag per described option of config class ``cls``: type, choices and help from
+    the option's description, default None (= the config's, or the ``--config`` file's)."""
+    import types
+    import typing
+
+    from .config import ConfigError, options_of
+
+    def wrap(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+        def convert(text: str) -> Any:
+            try:
+                return parse(text)
+            except (ConfigError, ValueError) as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+        convert.__name__ = getattr(parse, "__name__", "value")
+        return convert
+
+    for name, (_f, opt, hint) in options_of(cls).items():
+        if not opt.cli or name in skip:
+            continue
+        flag = opt.flag or "--" + name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": prefix + name, "default": None,
+                              "metavar": flag.lstrip("-").replace("-", "_").upper(),
+                              "help": opt.help.replace("%", "%%")}
+        args = typing.get_args(hint)
+        plain = [a for a in args if a is not type(None)] if args else [hint]
+        if hint is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+            del kw["metavar"]
+        elif opt.parse is not None:
+            kw["type"] = wrap(opt.parse)
+        elif opt.choices is not None:
+            del kw["metavar"]
+            kw["choices"] = list(opt.choices)
+            kw["type"] = type(opt.choices[0])
+        elif len(plain) == 1 and plain[0] in (int, float, str):
+            kw["type"] = plain[0]
+        elif isinstance(hint, types.UnionType) or args:
+            kw["type"] = str
+        parser.add_argument(flag, **kw)
 
 
-def _batch_size(text: str) -> int | str:
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'auto' or a whole number of tiles, got {text!r}") from None
+def config_changes(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
+    """The options of ``cls`` given on the command line (flags left out are None)."""
+    from .config import options_of
 
-
-def _overlap(text: str) -> float | tuple[int, ...]:
-    if "," in text or "x" in text:
-        return _ints(text)
-    value = float(text)
-    return int(value) if value >= 1 else value  # type: ignore[return-value]
+    return {name: getattr(args, prefix + name) for name in options_of(cls)
+            if getattr(args, prefix + name, None) is not None}
 
 
 class _Bar:
@@ -95,14 +119,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .config import PredictConfig
 
     config = PredictConfig.load(args.config) if args.config else PredictConfig()
-    changes = _given(
-        mode=args.mode, tile=args.tile, overlap=args.overlap, blending=args.blending,
-        batch_size=args.batch_size, block_shape=args.block, chunk_shape=args.chunk,
-        device=args.device, precision=args.precision, axes=args.axes,
-        overwrite=args.overwrite or None, tta=args.tta or None,
-    )
-    config = config.replace(**changes)
-    model = args.model or _default_model()
+    config = config.replace(**config_changes(args, PredictConfig))
+    model = args.model
     bar = _Bar(args.quiet)
     client = cluster = None
     if args.scheduler or args.workers:
@@ -129,18 +147,6 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_model() -> str:
-    from .models import default_model_path
-
-    path = default_model_path()
-    if path is None:
-        raise SystemExit(
-            "no --model given and no built-in model is installed; train one with "
-            "`napari-unet train` or run `napari-unet demo`"
-        )
-    return str(path)
-
-
 def _pairs_from_folders(images: str, labels: str) -> list[tuple[str, str]]:
     img_dir, lab_dir = Path(images), Path(labels)
     for d in (img_dir, lab_dir):
@@ -163,19 +169,13 @@ def _pairs_from_folders(images: str, labels: str) -> list[tuple[str, str]]:
 
 def _train(args: argparse.Namespace) -> int:
     from .api import train
-    from .config import TrainConfig
+    from .config import ModelConfig, TrainConfig
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
-    changes = _given(
-        label_mode=args.label_mode, patch_size=args.patch, batch_size=args.batch_size,
-        epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, loss=args.loss,
-        device=args.device, seed=args.seed, invert=args.invert, init_model=args.init,
-    )
-    model_changes = _given(spatial_dims=args.dims, depth=args.depth, base_filters=args.filters)
+    changes = config_changes(args, TrainConfig)
+    model_changes = config_changes(args, ModelConfig, prefix="model.")
     if model_changes:
         changes["model"] = config.model.replace(**model_changes)
-    if args.no_augment:
-        changes["augment"] = False
     config = config.replace(**changes)
     pairs = _pairs_from_folders(args.images, args.labels)
     val = _pairs_from_folders(args.val_images, args.val_labels) if args.val_images else None
@@ -280,7 +280,7 @@ def _export(args: argparse.Namespace) -> int:
 
         test_image = np.asarray(open_volume(args.test_image)[0])
     path = export_bioimageio(
-        None if args.model == "nuclei" else args.model, args.out, name=args.name,
+        args.model, args.out, name=args.name,
         description=args.description, authors=args.author or ("napari-unet user",),
         license=args.license, test_image=test_image)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), a valid bioimage.io model package")
@@ -300,12 +300,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import ModelConfig, PredictConfig, TrainConfig
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
     parser = argparse.ArgumentParser(
-        prog="napari-unet",
+        prog="napari-unet", parents=[common],
         description="Train 2D/3D U-Nets and segment images larger than memory.",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("demo", help="segment a large built-in synthetic image out of core "
                                     "with the built-in model and report Dice")
@@ -321,23 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output .zarr folder (resumed if it holds this job)")
     p.add_argument("--model", help="model file (.safetensors); default: the built-in model")
     p.add_argument("--config", help="PredictConfig as YAML/JSON; flags override it")
-    p.add_argument("--mode", choices=["probabilities", "semantic", "instances", "logits"])
-    p.add_argument("--tile", type=_ints, help="network input size, e.g. 128,128,128")
-    p.add_argument("--overlap", type=_overlap, help="fraction (0.25) or voxels (16,32,32)")
-    p.add_argument("--blending", choices=list(BLENDINGS),
-                   help="crop (default: each tile writes its cell, no tile runs twice), or "
-                        "gaussian / constant averaging of overlapping tiles")
-    p.add_argument("--batch-size", type=_batch_size,
-                   help="tiles per forward pass, or auto (default: what fits the GPU's free "
-                        "memory; 4 on the CPU)")
-    p.add_argument("--block", type=_ints, help="block (unit of work) shape")
-    p.add_argument("--chunk", type=_ints, help="output chunk shape")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--axes", help="input axes, e.g. ZYX, CZYX, TZYX, YXC")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an output that holds another job")
-    p.add_argument("--tta", action="store_true", help="average over mirrored inputs (4x slower)")
+    add_config_options(p, PredictConfig)
     p.add_argument("--scheduler", help="run on this dask.distributed scheduler (tcp://host:port)")
     p.add_argument("--workers", type=int, help="start a local cluster of N worker processes")
     p.add_argument("--threads", type=int, default=1, help="threads per local worker")
@@ -351,23 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (checkpoints, config, history)")
     p.add_argument("--config", help="TrainConfig as YAML/JSON; flags override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--label-mode", choices=["instances", "classes", "scribbles"])
-    p.add_argument("--dims", type=int, choices=[2, 3])
-    p.add_argument("--depth", type=int)
-    p.add_argument("--filters", type=int, help="base filters")
-    p.add_argument("--patch", type=_ints)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps", type=int, help="steps per epoch")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--loss", choices=["auto", "bce_dice", "ce_dice", "dice", "ce", "focal"])
-    p.add_argument("--invert", choices=INVERT_MODES,
-                   help="make objects bright: always, or per image where the background is "
-                        "bright (auto, e.g. H&E next to fluorescence)")
-    p.add_argument("--init", help="start from this model file (fine-tuning)")
-    p.add_argument("--device")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-augment", action="store_true")
+    add_config_options(p, TrainConfig)
+    add_config_options(p, ModelConfig, prefix="model.")
     p.add_argument("--folds", type=int, help="k-fold cross-validation instead of one run")
     p.set_defaults(func=_train)
 
@@ -403,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .model.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
+    args.quiet = getattr(args, "quiet", False)
     try:
         return int(args.func(args) or 0)
     except (InputError, ConfigError, CheckpointError) as err:

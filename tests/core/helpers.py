@@ -63,7 +63,7 @@ def tiny_unet(spatial_dims: int = 3, out_channels: int = 2, **kw):
     torch.manual_seed(0)
     model = UNet(spatial_dims=spatial_dims, in_channels=kw.pop("in_channels", 1),
                  out_channels=out_channels, depth=kw.pop("depth", 2),
-                 base_filters=kw.pop("base_filters", 4), **kw)
+                 base_filters=kw.pop("base_filters", 4), norm=kw.pop("norm", "batch"), **kw)
     # Non-trivial BatchNorm statistics, as in a trained model.
     with torch.no_grad():
         for m in model.modules():

@@ -89,7 +89,7 @@ def test_existing_output_is_refused_unless_overwrite(model3d, tmp_path, rng):
 
     # Our own output of a different job.
     nu.predict(model3d, x, tmp_path / "ours.zarr", mode="semantic", device="cpu")
-    with pytest.raises(OutputExistsError, match="different job"):
+    with pytest.raises(OutputExistsError, match="job with other settings \\(mode"):
         nu.predict(model3d, x, tmp_path / "ours.zarr", mode="probabilities", device="cpu")
     out = nu.predict(model3d, x, tmp_path / "ours.zarr", mode="probabilities", overwrite=True,
                      device="cpu")

@@ -115,7 +115,7 @@ def test_store_made_with_another_codec_resumes_with_it(tmp_path, rng, monkeypatc
     ("TZCYX", "YX", "TZ", True),
 ])
 def test_region_read_in_one_call_equals_the_canonical_view(axes, spatial, lead, channel, rng):
-    from napari_unet.inference.layout import Layout
+    from napari_unet.axes import Layout
 
     sizes = {"T": 2, "C": 3, "Z": 5, "Y": 7, "X": 6}
     x = rng.random([sizes[a] for a in axes]).astype(np.float32)
@@ -135,7 +135,7 @@ def test_zarr_input_read_directly_gives_the_dask_result(tmp_path, rng, axes, sha
                                                         stored, monkeypatch):
     import tifffile
 
-    from napari_unet.inference.layout import Layout
+    from napari_unet.axes import Layout
 
     calls = []
     region = Layout.region
@@ -423,8 +423,8 @@ def test_crop_tiles_with_enough_context_match_a_whole_image_pass(shape, tile, ov
 def test_default_crop_grid_computes_every_tile_once():
     import math
 
+    from napari_unet.axes import Layout
     from napari_unet.inference.engine import _Plan, plan_shapes, resolve_model
-    from napari_unet.inference.layout import Layout
 
     spec = resolve_model(tiny_unet(3, depth=4))  # recommended tile 96, overlap 24
     for shape, most in [((96, 192, 192), 0.8), ((130, 300, 250), 0.85),
@@ -492,8 +492,11 @@ def test_automatic_batch_resumes_a_store_planned_with_another(tmp_path, rng):
     model = tiny_unet(2)
     model.metadata = {"tile": [64, 64]}  # small default tiles, so the batch changes the plan
     opts = dict(mode="probabilities", device="cpu")
-    grids = [nu.inference.engine.plan_shapes(x.shape, nu.inference.engine.resolve_model(model),
-                                             nu.PredictConfig(batch_size=b)) for b in (4, 16)]
+    from napari_unet.inference import engine
+    from napari_unet.inference.store import OutputExistsError
+
+    grids = [engine.plan_shapes(x.shape, engine.resolve_model(model),
+                                nu.PredictConfig(batch_size=b)) for b in (4, 16)]
     assert grids[0][0].tile != grids[1][0].tile  # the batch size sets the default tile
     calls = {"n": 0}
 
@@ -512,7 +515,7 @@ def test_automatic_batch_resumes_a_store_planned_with_another(tmp_path, rng):
     assert 0 < len(skipped) == len(written)
     full = nu.predict(model, x, batch_size=16, **opts)
     np.testing.assert_array_equal(resumed[:], full)
-    with pytest.raises(nu.inference.store.OutputExistsError, match="different job"):
+    with pytest.raises(OutputExistsError, match="other settings"):
         nu.predict(model, x, tmp_path / "part.zarr", batch_size=4, **opts)  # explicit: no
 
 

@@ -41,23 +41,19 @@ def segment(
     >>> labels = nu.segment(viewer.layers["nuclei"], viewer=viewer)   # doctest: +SKIP
     """
     from ..api import predict
-    from ..models import default_model_path
 
-    if model is None:
-        model = default_model_path()
-        if model is None:
-            raise ValueError("no built-in model is installed: pass model= (a file or a UNet)")
     is_layer = hasattr(image, "data") and hasattr(image, "scale") and hasattr(image, "name")
     data = layer_data(image) if is_layer else image
     if is_layer and "axes" not in options:
         options["axes"] = layer_axes(image)
-    options.setdefault("mode", "instances")
     result = predict(model, data, output, **options)
     if viewer is not None:
-        name = unique_name(viewer, f"{getattr(image, 'name', 'image')} {options['mode']}")
+        mode = options.get("mode", "auto")
+        name = unique_name(viewer, f"{getattr(image, 'name', 'image')} "
+                                   f"{'labels' if mode == 'auto' else mode}")
         ndim = result.ndim
         geometry = layer_geometry(image, ndim) if is_layer else {}
-        if options["mode"] == "probabilities":
+        if mode == "probabilities":
             viewer.add_image(result, name=name, colormap="magma", **geometry)
         else:
             viewer.add_labels(result, name=name, **geometry)

@@ -19,17 +19,17 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     LineEdit,
     ProgressBar,
     PushButton,
-    SpinBox,
     create_widget,
 )
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..config import DEVICES, MODES, PredictConfig, options_of, resolve_mode
 from . import _workers
+from ._config_widgets import option_value, option_widget
 from ._layers import layer_axes, layer_data, layer_geometry, unique_name, visible_region
 from ._registry import registry
 
@@ -37,13 +37,6 @@ __all__ = ["SegmentWidget"]
 
 IN_MEMORY_LIMIT = 64 * 2**20  # voxels; larger images go to a zarr store
 FILE_CHOICE = "model file..."
-
-
-def _parse_ints(text: str) -> tuple[int, ...] | None:
-    text = text.strip()
-    if not text or text.lower() == "auto":
-        return None
-    return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
 
 
 def _on_cluster(address, model_path, source, output, config, job):
@@ -70,19 +63,19 @@ class SegmentWidget(Container):
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors",
                                    visible=False)
-        self.mode = ComboBox(label="output", value="instances",
-                             choices=["instances", "semantic", "probabilities"])
-        self.tile = LineEdit(label="tile", value="auto",
-                             tooltip="network input per axis, e.g. 512,512 or 64,128,128")
-        self.overlap = FloatSpinBox(label="overlap", value=0.25, min=0.0, max=0.9, step=0.05)
-        self.batch_size = SpinBox(
-            label="batch (0 = auto)", value=0, min=0, max=256,
-            tooltip="tiles per forward pass; 0 = auto (what fits the GPU's free memory, 4 on "
-                    "the CPU)")
-        self.device = ComboBox(label="device", value="auto",
-                               choices=["auto", "cpu", "cuda", "mps"])
-        self.precision = ComboBox(label="precision", value="auto",
-                                  choices=["auto", "fp32", "bf16", "fp16"])
+        # Settings are a view of PredictConfig: defaults, choices, ranges and help from its
+        # options (logits, the raw output, are for scripts).
+        defaults = PredictConfig()
+        self.mode = option_widget(defaults, "mode", label="output",
+                                  choices=[m for m in MODES if m != "logits"])
+        self.tile = option_widget(defaults, "tile")
+        self.overlap = option_widget(defaults, "overlap")
+        self.batch_size = option_widget(defaults, "batch_size", label="batch")
+        self.device = ComboBox(label="device", value=defaults.device, choices=list(DEVICES),
+                               tooltip=options_of(PredictConfig)["device"][1].help)
+        self.precision = option_widget(defaults, "precision")
+        self.split_touching = option_widget(defaults, "split_touching")
+        self.tta = option_widget(defaults, "tta")
         self.per_slice = CheckBox(label="2D model: slice by slice", value=True,
                                   tooltip="run a 2D model on every slice of a 3D stack")
         self.store = ComboBox(label="write to", value="auto",
@@ -104,7 +97,8 @@ class SegmentWidget(Container):
         self.status = Label(value="")
         self.extend([
             self.image, self.model, self.model_file, self.mode, self.tile, self.overlap,
-            self.batch_size, self.device, self.precision, self.per_slice, self.store,
+            self.batch_size, self.device, self.precision, self.split_touching, self.tta,
+            self.per_slice, self.store,
             self.store_path, self.overwrite, self.scheduler, self.view_only, self.run_button,
             self.cancel_button, self.progress, self.status,
         ])
@@ -118,6 +112,7 @@ class SegmentWidget(Container):
         self.native.destroyed.connect(
             lambda *_: registry.changed.disconnect(self._refresh_models, missing_ok=True))
         self.job: _workers.Job | None = None
+        self._distance = False  # the model of the last run predicts distances
         self._on_model_choice(self.model.value)
 
     # -- models -----------------------------------------------------------------------------
@@ -142,9 +137,8 @@ class SegmentWidget(Container):
         return path
 
     # -- run --------------------------------------------------------------------------------
-    def _config(self, spatial_dims: int, layer: Any) -> Any:
-        from ..config import PredictConfig
-
+    def _config(self, meta: dict[str, Any], layer: Any) -> PredictConfig:
+        spatial_dims = int(meta["model"]["spatial_dims"])
         axes = layer_axes(layer)
         data = layer_data(layer)
         ndim = data.ndim - (1 if layer.rgb else 0)
@@ -152,12 +146,13 @@ class SegmentWidget(Container):
             raise ValueError(
                 f"layer {layer.name!r} is 3D but the model is 2D; tick '2D model: slice by "
                 "slice' or choose a 3D model")
-        return PredictConfig(
-            mode=self.mode.value, tile=_parse_ints(self.tile.value),
-            overlap=float(self.overlap.value), batch_size=int(self.batch_size.value) or "auto",
-            device=self.device.value, precision=self.precision.value, axes=axes,
-            overwrite=bool(self.overwrite.value),
-        )
+        values = {name: option_value(getattr(self, name), PredictConfig, name) for name in (
+            "mode", "tile", "overlap", "batch_size", "device", "precision", "split_touching",
+            "tta")}
+        config = PredictConfig(**values, axes=axes, overwrite=bool(self.overwrite.value))
+        # The mode the engine would choose for "auto", known here to pick the layer type.
+        return config.replace(mode=resolve_mode(config.mode, meta,
+                                                int(meta["model"]["out_channels"])))
 
     def _output_path(self, layer: Any, config: Any, n_voxels: int, model_path: Path
                      ) -> Path | None:
@@ -192,7 +187,8 @@ class SegmentWidget(Container):
             model_path = self.model_path()
             meta = read_metadata(model_path)
             spatial_dims = int(meta["model"]["spatial_dims"])
-            config = self._config(spatial_dims, layer)
+            config = self._config(meta, layer)
+            self._distance = meta.get("output") == "distance"
             data = layer_data(layer)
             region = None
             if self.view_only.value:
@@ -219,7 +215,8 @@ class SegmentWidget(Container):
                            + (" (view)" if region is not None else ""))
         geometry = layer_geometry(layer, layer_data(layer).ndim - (1 if layer.rgb else 0),
                                   region)
-        state: dict[str, Any] = {"layer": None, "last_refresh": 0.0, "sd": spatial_dims}
+        state: dict[str, Any] = {"layer": None, "last_refresh": 0.0, "sd": spatial_dims,
+                                 "mode": config.mode}
 
         address = self.scheduler.value.strip() if region is None else ""
         if address and output is None:
@@ -242,7 +239,8 @@ class SegmentWidget(Container):
                     self.progress.max = event.total
                     self.progress.value = 0
                 if event.stage == "predict" and output is not None and state["layer"] is None:
-                    state["layer"] = self._live_layer(output, name, geometry, spatial_dims)
+                    state["layer"] = self._live_layer(output, name, geometry, spatial_dims,
+                                                      config.mode)
             elif isinstance(event, Notice):
                 self.status.value = event.message
                 show_warning(f"napari-unet: {event.message}")
@@ -270,30 +268,30 @@ class SegmentWidget(Container):
         return self.job
 
     @staticmethod
-    def _foreground(probabilities: Any, spatial_dims: int) -> Any:
+    def _foreground(probabilities: Any, spatial_dims: int, distance: bool = False) -> Any:
         """Foreground probability of a ``(*lead, C, *spatial)`` array, lazily (the array may
-        be a store larger than memory): the one channel of a binary model, else 1 - P(class
-        0) -- for an instance model the last class is the boundary or contact, not the
-        object."""
+        be a store larger than memory): the first channel of a binary or distance model,
+        else 1 - P(class 0) -- for an instance model the last class is the boundary or
+        contact, not the object."""
         import dask.array as da
 
         arr = probabilities if isinstance(probabilities, da.Array) else da.from_array(
             probabilities, chunks=getattr(probabilities, "chunks", "auto"))
         c_axis = arr.ndim - spatial_dims - 1
         first = arr[(slice(None),) * c_axis + (0,)]
-        return first if arr.shape[c_axis] == 1 else 1 - first
+        return first if arr.shape[c_axis] == 1 or distance else 1 - first
 
     def _live_layer(self, output: Path, name: str, geometry: dict[str, Any],
-                    spatial_dims: int) -> Any:
+                    spatial_dims: int, mode: str) -> Any:
         """A layer backed by the zarr store being written: it fills in as blocks finish."""
         import zarr
 
         group = zarr.open_group(str(output), mode="r")
-        mode = self.mode.value
         if mode == "probabilities":
             import dask.array as da
 
-            fg = self._foreground(da.from_zarr(group["probabilities"]), spatial_dims)
+            fg = self._foreground(da.from_zarr(group["probabilities"]), spatial_dims,
+                                  self._distance)
             return self.viewer.add_image(fg, name=name, colormap="magma",
                                          contrast_limits=(0, 1), **geometry)
         arr = group["semantic" if mode == "instances" else "labels"]
@@ -301,9 +299,9 @@ class SegmentWidget(Container):
 
     def _show_result(self, result, output, name, geometry, state) -> None:
         layer = state["layer"]
-        if self.mode.value == "probabilities":
+        if state["mode"] == "probabilities":
             if layer is None:
-                fg = self._foreground(result, state["sd"])
+                fg = self._foreground(result, state["sd"], self._distance)
                 state["layer"] = self.viewer.add_image(fg, name=name, colormap="magma",
                                                        contrast_limits=(0, 1), **geometry)
             return

@@ -18,18 +18,17 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     LineEdit,
     ProgressBar,
     PushButton,
-    SpinBox,
     create_widget,
 )
 from napari.utils.notifications import show_error, show_info
 
-from ..config import INVERT_MODES
+from ..config import DEVICES, ModelConfig, TrainConfig, options_of, parse_ints
 from . import _workers
+from ._config_widgets import option_value, option_widget
 from ._layers import layer_data, layer_geometry, unique_name, visible_region
 from ._plot import CurvePlot
 from ._registry import registry
@@ -37,6 +36,8 @@ from ._registry import registry
 __all__ = ["TrainWidget", "DIMS_2D", "DIMS_3D", "DIMS_SLICES"]
 
 DIMS_2D, DIMS_3D, DIMS_SLICES = "2D", "3D", "3D stack as 2D slices"
+# Default 3D patch of the widget (fitted to the image): thin z, as most stacks are.
+PATCH_3D = (32, 96, 96)
 
 
 def _auto_patch(shape: tuple[int, ...], multiple: tuple[int, ...], wanted: tuple[int, ...]
@@ -71,37 +72,32 @@ class TrainWidget(Container):
         self.viewer = napari_viewer
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
-        self.label_mode = ComboBox(label="labels are", value="instances",
-                                   choices=["instances", "classes", "scribbles"],
-                                   tooltip="instances: one id per object; classes: class ids; "
-                                           "scribbles: 1 = background, 2.. = classes, "
-                                           "0 = unlabelled")
-        self.core = FloatSpinBox(label="object cores", value=0.3, min=0.0, max=0.9, step=0.05,
-                                 tooltip="instances: seeds are each object's core (where the "
-                                         "distance to its edge exceeds this share of its "
-                                         "largest), so touching objects separate; 0 = the "
-                                         "whole interior (thin or branched objects)")
+        # Every setting is a view of the interactive preset of TrainConfig (defaults,
+        # choices, ranges and help come from its options).
+        defaults = TrainConfig.preset("interactive")
+        model = defaults.model
+        self.label_mode = option_widget(defaults, "label_mode")
+        self.target = option_widget(defaults, "target")
+        self.core = option_widget(defaults, "core")
+        self.scribble_prior = option_widget(defaults, "scribble_prior")
         self.dims = ComboBox(label="model", value=DIMS_2D,
                              choices=[DIMS_2D, DIMS_3D, DIMS_SLICES])
-        self.depth = SpinBox(label="depth", value=4, min=1, max=6)
-        self.filters = SpinBox(label="base filters", value=16, min=1, max=256)
+        self.depth = option_widget(model, "depth")
+        self.filters = option_widget(model, "base_filters")
         self.patch = LineEdit(label="patch", value="auto",
-                              tooltip="patch per axis, e.g. 256,256 or 32,96,96")
-        self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
-        self.epochs = SpinBox(label="epochs", value=30, min=1, max=100_000)
-        self.steps = SpinBox(label="steps / epoch", value=50, min=1, max=100_000)
-        self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0,
-                               step=1e-4)
-        self.loss = ComboBox(label="loss", value="auto",
-                             choices=["auto", "bce_dice", "ce_dice", "dice", "ce", "focal"])
-        self.augment = CheckBox(label="augmentation", value=True)
-        self.invert = ComboBox(label="invert intensities", value="never",
-                               choices=list(INVERT_MODES),
-                               tooltip="make objects bright: always (dark objects, e.g. "
-                                       "bright-field), or per image where the background is "
-                                       "bright (auto); stored in the model")
-        self.device = ComboBox(label="device", value="auto",
-                               choices=["auto", "cpu", "cuda", "mps"])
+                              tooltip="patch per axis, e.g. 256,256 or 32,96,96; auto: "
+                                      f"{defaults.patch_size} (2D) or {PATCH_3D} (3D), fitted "
+                                      "to the image")
+        self.batch_size = option_widget(defaults, "batch_size")
+        self.epochs = option_widget(defaults, "epochs")
+        self.steps = option_widget(defaults, "steps_per_epoch")
+        self.lr = option_widget(defaults, "lr")
+        self.schedule = option_widget(defaults, "schedule")
+        self.loss = option_widget(defaults, "loss")
+        self.augment = option_widget(defaults, "augment")
+        self.invert = option_widget(defaults, "invert")
+        self.device = ComboBox(label="device", value=defaults.device, choices=list(DEVICES),
+                               tooltip=options_of(TrainConfig)["device"][1].help)
         self.run_dir = FileEdit(label="save run in", mode="d",
                                 value=str(Path.home() / "napari-unet-runs" / "run"))
         self.resume = CheckBox(label="resume the run in this folder", value=False)
@@ -118,9 +114,9 @@ class TrainWidget(Container):
         self.export_button = PushButton(text="Export best model to bioimage.io",
                                         enabled=False)
         self.extend([
-            self.image, self.labels, self.label_mode, self.core, self.dims, self.depth,
-            self.filters,
-            self.patch, self.batch_size, self.epochs, self.steps, self.lr, self.loss,
+            self.image, self.labels, self.label_mode, self.target, self.core,
+            self.scribble_prior, self.dims, self.depth, self.filters, self.patch,
+            self.batch_size, self.epochs, self.steps, self.lr, self.schedule, self.loss,
             self.augment, self.invert, self.device, self.run_dir, self.resume, self.preview,
             self.start_button, self.stop_button, self.progress, self.status,
             self.export_path, self.export_button,
@@ -128,8 +124,8 @@ class TrainWidget(Container):
         self.plot = CurvePlot()
         self.native.layout().addWidget(self.plot)
         self.image.changed.connect(self._default_dims)
-        self.label_mode.changed.connect(
-            lambda mode: setattr(self.core, "enabled", mode == "instances"))
+        self.label_mode.changed.connect(self._label_mode_changed)
+        self.target.changed.connect(self._label_mode_changed)
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.export_button.changed.connect(self.export)
@@ -141,6 +137,13 @@ class TrainWidget(Container):
         self._export_job: _workers.Job | None = None
         self._default_dims(self.image.value)
         self._update_export()
+
+    def _label_mode_changed(self, *_: Any) -> None:
+        """Options that apply to one label mode (or target) only are enabled for it."""
+        instances = self.label_mode.value == "instances"
+        self.target.enabled = instances
+        self.core.enabled = instances and self.target.value == "classes"
+        self.scribble_prior.enabled = self.label_mode.value == "scribbles"
 
     def _default_dims(self, layer: Any) -> None:
         """2D for 2D layers; 3D stacks train in 3D unless z is much coarser than x/y."""
@@ -157,8 +160,6 @@ class TrainWidget(Container):
     # -- configuration -----------------------------------------------------------------------
     def config_and_data(self) -> tuple[Any, Any, Any, Any]:
         """Validated TrainConfig and the arrays to train on (read here, on the GUI thread)."""
-        from ..config import ModelConfig, TrainConfig
-
         image, labels = self.image.value, self.labels.value
         if image is None:
             raise ValueError("no image layer: open or select the image to train on")
@@ -177,21 +178,22 @@ class TrainWidget(Container):
         if dims == DIMS_SLICES and len(spatial) != 3:
             raise ValueError("'3D stack as 2D slices' needs a 3D image")
         model = ModelConfig(spatial_dims=sd, depth=int(self.depth.value),
-                            base_filters=int(self.filters.value),
-                            norm="batch" if sd == 2 else "group")
+                            base_filters=int(self.filters.value))
         patch_spatial = spatial[-sd:]
-        text = self.patch.value.strip().lower()
-        if text in ("", "auto"):
-            wanted = (256, 256) if sd == 2 else (32, 96, 96)
+        patch = parse_ints(self.patch.value)
+        if patch is None:
+            wanted = TrainConfig().patch_size if sd == 2 else PATCH_3D
             patch = _auto_patch(patch_spatial, model.size_multiple, wanted)
-        else:
-            patch = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-        config = TrainConfig(
-            model=model, label_mode=self.label_mode.value, patch_size=patch,
-            batch_size=int(self.batch_size.value), epochs=int(self.epochs.value),
-            steps_per_epoch=int(self.steps.value), lr=float(self.lr.value),
-            loss=self.loss.value, augment=bool(self.augment.value), device=self.device.value,
-            invert=self.invert.value, core=float(self.core.value),
+        values = {name: option_value(getattr(self, attr), TrainConfig, name) for attr, name in (
+            ("label_mode", "label_mode"), ("target", "target"), ("core", "core"),
+            ("scribble_prior", "scribble_prior"), ("batch_size", "batch_size"),
+            ("epochs", "epochs"), ("steps", "steps_per_epoch"), ("lr", "lr"),
+            ("schedule", "schedule"), ("loss", "loss"), ("augment", "augment"),
+            ("invert", "invert"), ("device", "device"))}
+        if values["label_mode"] != "instances":
+            values["target"] = "classes"
+        config = TrainConfig.preset(
+            "interactive", model=model, patch_size=patch, **values,
             anisotropic=sd == 3 and float(image.scale[-3]) > 1.5 * float(image.scale[-1]),
         )
         return config, img, lab, dims
@@ -221,9 +223,18 @@ class TrainWidget(Container):
 
             img = da.asarray(img)[..., :3].astype("float32").mean(axis=-1)
 
+        # A model trained on the gray average of an RGB layer says so, so that the preview
+        # and the segment widget average a colour image the same way.
+        metadata = {"rgb_to_gray": True} if image_layer.rgb else None
+
         def make(job):
-            pairs = (_slices_with_labels(img, lab) if dims == DIMS_SLICES else [(img, lab)])
-            return train_iter(pairs, config, None, run_dir, resume, cancel=job.is_cancelled)
+            def run():
+                # The slices with labels are read here, in the worker, not on the GUI thread.
+                pairs = (_slices_with_labels(img, lab) if dims == DIMS_SLICES
+                         else [(img, lab)])
+                return (yield from train_iter(pairs, config, None, run_dir, resume,
+                                              cancel=job.is_cancelled, metadata=metadata))
+            return run()
 
         def on_event(event):
             if isinstance(event, StageStarted):

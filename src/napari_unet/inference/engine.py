@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from .. import postprocess
-from ..config import PredictConfig
+from ..axes import Layout, resolve_layout
+from ..config import PredictConfig, resolve_mode
 from ..events import BlockDone, Cancelled, Notice, Progress, StageStarted
 from ..io import InputError, open_volume
 from ..normalize import DEFAULT_PERCENTILES, Normalization, percentile_normalization
@@ -41,7 +42,6 @@ from .device import (
     too_large,
 )
 from .input_digest import input_record
-from .layout import Layout, resolve_layout
 from .store import OutputStore, fingerprint
 from .tiling import (
     TileGrid,
@@ -98,16 +98,10 @@ def resolve_model(model: Any) -> ModelSpec:
     from ..model.checkpoint import load_model
     from ..model.unet import UNet
 
-    if model is None:
-        from ..models import default_model_path
+    if model is None or isinstance(model, (str, os.PathLike)):
+        from ..models import model_path
 
-        path = default_model_path()
-        if path is None:
-            raise InputError("no model given and no built-in model ships with this install; "
-                             "train one (napari-unet train) or pass a model file")
-        model = path
-    if isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
+        model = load_model(model_path(model))
     if isinstance(model, UNet):
         cfg = model.config
         return ModelSpec(
@@ -488,6 +482,7 @@ def predict_iter(
     if overrides:
         config = config.replace(**overrides)
     spec = resolve_model(model)
+    config = config.replace(mode=resolve_mode(config.mode, spec.metadata, spec.out_channels))
     array, info = open_volume(image)
     source = info.source
     if output is not None and isinstance(image, (str, os.PathLike)):

@@ -58,21 +58,6 @@ class LabelStats:
     max_label: int
 
 
-def _as_channels_first(image: da.Array, spatial_dims: int, name: str) -> da.Array:
-    shape = tuple(image.shape)
-    if image.ndim == spatial_dims:
-        return image[None]
-    if image.ndim == spatial_dims + 1:
-        if spatial_dims == 2 and shape[-1] <= 4 and shape[0] > 4:
-            return da.moveaxis(image, -1, 0)
-        if shape[0] <= 16:
-            return image
-    raise InputError(
-        f"{name}: image of shape {shape} is not a {spatial_dims}D image with an optional "
-        f"channel axis; expected {'(Y, X[, C])' if spatial_dims == 2 else '([C,] Z, Y, X)'}"
-    )
-
-
 def _foreground_sample(labels: da.Array, max_points: int, seed: int
                        ) -> tuple[np.ndarray, LabelStats]:
     """Coordinates of labelled voxels and the largest label, reading one chunk at a time."""
@@ -108,8 +93,13 @@ def prepare_pairs(
     seed: int = 0,
     in_memory_limit: int = 2 * 2**30,
     invert: str = "never",
+    axes: str | None = None,
 ) -> tuple[list[TrainPair], LabelStats]:
     """Open and check (image, labels) pairs before any training starts.
+
+    The axes of each image follow :func:`napari_unet.axes.training_layout` (``axes`` given,
+    else inferred from the labels' shape); a stack for a 2D model (or a time series) becomes
+    one pair per slice with labels, sharing the normalisation of the whole image.
 
     Raises
     ------
@@ -117,6 +107,8 @@ def prepare_pairs(
         Empty list, unreadable input, image/label shape mismatch, float or all-zero labels,
         a patch larger than the image, NaN in an image, differing channel counts.
     """
+    from ..axes import training_layout
+
     if pairs is None or len(pairs) == 0:
         raise InputError(f"no {what} data: give at least one (image, labels) pair")
     out: list[TrainPair] = []
@@ -130,44 +122,52 @@ def prepare_pairs(
         name = f"{what} pair {k}"
         image, _ = open_volume(image_src)
         labels, _ = open_volume(label_src)
-        image = _as_channels_first(image, spatial_dims, name)
+        layout = training_layout(tuple(image.shape), tuple(labels.shape), spatial_dims, axes,
+                                 name)
+        image = layout.canonical(image)  # (*lead, C, *spatial)
+        labels = labels.transpose([layout.axes.replace("C", "").index(a)
+                                   for a in layout.lead_axes + layout.spatial_axes])
+        n_lead = len(layout.lead_axes)
         if channels is None:
-            channels = image.shape[0]
-        elif image.shape[0] != channels:
-            raise InputError(f"{name}: {image.shape[0]} channel(s), the first pair has {channels}")
-        if labels.ndim != spatial_dims or tuple(labels.shape) != tuple(image.shape[1:]):
-            raise InputError(
-                f"{name}: labels of shape {tuple(labels.shape)} do not match the image of "
-                f"shape {tuple(image.shape)} (spatial {tuple(image.shape[1:])}); labels must "
-                "cover the image pixel for pixel"
-            )
+            channels = image.shape[n_lead]
+        elif image.shape[n_lead] != channels:
+            raise InputError(f"{name}: {image.shape[n_lead]} channel(s), the first pair has "
+                             f"{channels}")
         if np.dtype(labels.dtype).kind not in "biu":
             raise InputError(
                 f"{name}: labels have a float type ({labels.dtype}); labels must be integers "
                 "(0 = background / unlabelled). Convert them, e.g. labels.astype('uint16')"
             )
-        small = [(s, p) for s, p in zip(labels.shape, patch, strict=True) if s < p]
+        spatial = tuple(labels.shape[n_lead:])
+        small = [(s, p) for s, p in zip(spatial, patch, strict=True) if s < p]
         if small:
             raise InputError(
-                f"{name}: the image ({tuple(labels.shape)}) is smaller than patch_size {patch}; "
+                f"{name}: the image ({spatial}) is smaller than patch_size {patch}; "
                 "choose a smaller patch_size (a multiple of 2**depth)"
             )
         if np.dtype(labels.dtype).kind == "i" and labels.dtype.itemsize <= 2:
             labels = labels.astype(np.int32)
         try:
-            norm = percentile_normalization(image[None], 0, normalize, source=name,
-                                           invert=invert)
+            norm = percentile_normalization(image, n_lead, normalize, source=name,
+                                            invert=invert)
         except ValueError as err:
             raise InputError(str(err)) from err
-        fg, stats = _foreground_sample(labels, 20_000, seed + k)
-        if len(fg) == 0:
+        found = 0
+        for j, lead in enumerate(np.ndindex(*labels.shape[:n_lead])):
+            fg, stats = _foreground_sample(labels[lead], 20_000, seed + k + j)
+            if len(fg) == 0:
+                continue  # an unlabelled slice of a stack
+            found += 1
+            max_label = max(max_label, stats.max_label)
+            at = ", ".join(f"{a}={i}" for a, i in zip(layout.lead_axes, lead, strict=True))
+            out.append(TrainPair(f"{name} ({at})" if n_lead else name, image[lead],
+                                 labels[lead], norm, fg))
+        if not found:
             raise InputError(
                 f"{name}: the labels are all zero; "
                 + ("paint at least one stroke of background (1) and foreground (2)"
                    if label_mode == "scribbles" else "label some objects before training")
             )
-        max_label = max(max_label, stats.max_label)
-        out.append(TrainPair(name, image, labels, norm, fg))
     _load_small(out, in_memory_limit)
     return out, LabelStats(max_label)
 

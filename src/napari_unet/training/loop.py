@@ -273,6 +273,8 @@ def train_iter(
     run_dir: str | os.PathLike = "napari-unet-run",
     resume: bool = False,
     cancel: Callable[[], bool] | None = None,
+    metadata: dict[str, Any] | None = None,
+    axes: str | None = None,
 ) -> Generator[Any, None, TrainResult]:
     """Train a U-Net; yields :class:`Progress` per step and :class:`EpochEnd` per epoch.
 
@@ -290,6 +292,13 @@ def train_iter(
         Continue the run saved in ``run_dir`` (same optimiser and scheduler state).
     cancel : callable, optional
         Polled every step; returning True saves the last checkpoint and stops.
+    metadata : dict, optional
+        Facts stored in the saved models besides the run's own, e.g. ``rgb_to_gray=True``
+        for a model trained on the gray average of colour images (``predict`` then averages
+        colour images too).
+    axes : str, optional
+        Axes of the images (letters from "TCZYX", e.g. "CYX", "ZYX"), the same for every
+        pair; inferred from the labels' shape when omitted (:mod:`napari_unet.axes`).
     """
     config = config or TrainConfig()
     run_dir = Path(run_dir)
@@ -306,7 +315,11 @@ def train_iter(
         # A run from before core seeds (its interior reached the boundary ring) goes on so.
         state["config"]["core"] = 0.0
         config = config.replace(core=0.0)
-    init = load_model(config.init_model) if config.init_model is not None else None
+    init = None
+    if config.init_model is not None:
+        from ..models import model_path
+
+        init = load_model(model_path(config.init_model))
     norm_meta = (init.metadata.get("normalization") or {}) if init is not None else {}
     if norm_meta.get("kind") == "percentile":
         # Fine-tuning keeps the intensities the weights were trained on.
@@ -321,11 +334,11 @@ def train_iter(
     yield StageStarted("prepare", message="checking and sampling the training data")
     train_pairs, stats = prepare_pairs(train_data, sd, config.label_mode, patch,
                                        config.normalize, "training", config.seed,
-                                       invert=config.invert)
+                                       invert=config.invert, axes=axes)
     if val_data is not None and len(val_data):
         val_pairs, vstats = prepare_pairs(val_data, sd, config.label_mode, patch,
                                           config.normalize, "validation", config.seed,
-                                          invert=config.invert)
+                                          invert=config.invert, axes=axes)
         split_note = f"{len(train_pairs)} training / {len(val_pairs)} validation pairs"
         max_label = max(stats.max_label, vstats.max_label)
     else:
@@ -396,7 +409,9 @@ def train_iter(
     per_step = config.schedule != "plateau"
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
+    extra_metadata = dict(metadata or {})
     metadata = {
+        **extra_metadata,
         "normalization": {"kind": "percentile", "low": config.normalize[0],
                           "high": config.normalize[1], "invert": config.invert},
         "label_mode": config.label_mode,

@@ -1,7 +1,14 @@
-"""Axes of an input image: which are spatial, which are channels, which are iterated over.
+"""The one rule for the axes of an image: which are spatial, which are channels, which are
+iterated over -- for prediction, training, the widgets and the CLI alike.
 
-The engine works on a canonical view ``(*lead, C, *spatial)``: ``lead`` holds a time axis
-and, for a 2D model on a 3D stack, the z axis processed slice by slice.
+Everything works on a canonical view ``(*lead, C, *spatial)``: ``lead`` holds a time axis
+and, for a 2D model on a 3D stack, the z axis taken slice by slice.  Axes given by the user
+(``axes="ZYX"``, letters from "TCZYX") always win; otherwise they are inferred from the
+shapes: for prediction from the image and the model's channels (:func:`resolve_layout`),
+for training from the image and its labels, which cover the spatial axes (and the lead
+axes) exactly (:func:`training_layout`).  A ``(10, 256, 256)`` stack with ``(10, 256, 256)``
+labels trains a 2D model on 10 slices and is predicted slice by slice; with ``(256, 256)``
+labels it is 10 channels, for training and prediction alike.
 """
 
 from __future__ import annotations
@@ -12,9 +19,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..io import InputError
+from .io import InputError
 
-__all__ = ["Layout", "resolve_layout"]
+__all__ = ["Layout", "resolve_layout", "training_layout", "check_axes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,16 +159,8 @@ def resolve_layout(
     """
     if axes is None:
         axes = _infer_axes(shape, spatial_dims, in_channels, source, rgb_to_gray)
-    axes = axes.upper()
-    if len(axes) != len(shape):
-        raise InputError(f"{source}: axes {axes!r} do not match the {len(shape)}D shape {shape}")
+    axes = check_axes(axes, shape, spatial_dims, source)
     spatial = "YX" if spatial_dims == 2 else "ZYX"
-    missing = [a for a in spatial if a not in axes]
-    if missing:
-        raise InputError(
-            f"{source}: a {spatial_dims}D model needs axes {spatial}, axes {axes!r} lack "
-            f"{''.join(missing)}"
-        )
     has_c = "C" in axes
     n_channels = shape[axes.index("C")] if has_c else 1
     to_gray = rgb_to_gray and in_channels == 1 and n_channels in (3, 4)
@@ -175,3 +174,73 @@ def resolve_layout(
         if s < 1:
             raise InputError(f"{source}: axis {a} of shape {shape} is empty")
     return Layout(axes, lead, spatial, has_c, to_gray)
+
+
+def check_axes(axes: str, shape: tuple[int, ...], spatial_dims: int, source: str) -> str:
+    """Upper-case ``axes`` after checking them against ``shape`` and the model's
+    dimensionality."""
+    axes = axes.upper()
+    if len(axes) != len(shape) or len(set(axes)) != len(axes) or any(
+            a not in "TCZYX" for a in axes):
+        raise InputError(f"{source}: axes {axes!r} do not match the {len(shape)}D shape "
+                         f"{shape} (distinct letters from TCZYX, one per axis)")
+    spatial = "YX" if spatial_dims == 2 else "ZYX"
+    if any(a not in axes for a in spatial):
+        raise InputError(f"{source}: a {spatial_dims}D model needs axes {spatial}, axes "
+                         f"{axes!r} lack {''.join(a for a in spatial if a not in axes)}")
+    return axes
+
+
+def training_layout(
+    image_shape: tuple[int, ...],
+    labels_shape: tuple[int, ...],
+    spatial_dims: int,
+    axes: str | None = None,
+    source: str = "training pair",
+) -> Layout:
+    """Axes of a training image whose labels cover its spatial (and lead) axes.
+
+    Without ``axes``: the labels' axes are the image's spatial axes, preceded by Z (a 2D
+    model on a stack: one training slice per z) or T; an image axis more than the labels is
+    the channel axis, first or last.
+
+    Raises
+    ------
+    InputError
+        The labels do not cover the image, or the axes cannot be told.
+    """
+    spatial = "YX" if spatial_dims == 2 else "ZYX"
+    image_shape, labels_shape = tuple(image_shape), tuple(labels_shape)
+    hint = "pass axes= (e.g. 'CYX', 'YXC', 'ZYX', 'CZYX')"
+    if axes is None:
+        extra = len(labels_shape) - spatial_dims
+        if extra < 0 or extra > 2:
+            raise InputError(
+                f"{source}: labels of shape {labels_shape} are not {spatial_dims}D (or a stack "
+                f"of {spatial_dims}D slices) for a {spatial_dims}D model")
+        label_axes = ("TZ" if spatial_dims == 2 else "T")[-extra:] if extra else ""
+        if extra == 2 and spatial_dims == 3:
+            raise InputError(f"{source}: labels of shape {labels_shape} have too many axes "
+                             f"for a 3D model; {hint}")
+        label_axes += spatial
+        if image_shape == labels_shape:
+            axes = label_axes
+        elif image_shape[1:] == labels_shape:
+            axes = "C" + label_axes
+        elif image_shape[:-1] == labels_shape:
+            axes = label_axes + "C"
+        else:
+            raise InputError(
+                f"{source}: labels of shape {labels_shape} do not match the image of shape "
+                f"{image_shape}; labels must cover the image pixel for pixel (an image may "
+                f"have one channel axis more, first or last)")
+    axes = check_axes(axes, image_shape, spatial_dims, source)
+    label_axes = axes.replace("C", "")
+    expected = tuple(s for a, s in zip(axes, image_shape, strict=True) if a != "C")
+    if expected != labels_shape:
+        raise InputError(
+            f"{source}: labels of shape {labels_shape} do not match the image of shape "
+            f"{image_shape} with axes {axes!r} (labels cover axes {label_axes!r}: "
+            f"{expected}); labels must cover the image pixel for pixel")
+    lead = "".join(a for a in "TZ" if a in axes and a not in spatial)
+    return Layout(axes, lead, spatial, "C" in axes)

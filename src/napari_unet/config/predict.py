@@ -1,0 +1,177 @@
+"""Settings of tiled, out-of-core prediction."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ._base import Config, ConfigError, document, int_tuple, option, parse_ints
+
+__all__ = ["PredictConfig", "MODES", "BLENDINGS", "PRECISIONS", "DEVICES", "resolve_mode",
+           "parse_overlap", "parse_batch_size"]
+
+MODES = ("auto", "instances", "semantic", "probabilities", "logits")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BLENDINGS = ("crop", "gaussian", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N"
+
+
+def resolve_mode(mode: str, metadata: dict[str, Any], out_channels: int) -> str:
+    """``"auto"`` -> ``"instances"`` for models that find objects (trained on instance
+    labels, or with one foreground channel), ``"semantic"`` for multi-class models."""
+    if mode != "auto":
+        return mode
+    if metadata.get("label_mode") == "instances" or out_channels == 1:
+        return "instances"
+    return "semantic"
+
+
+def parse_overlap(text: str) -> float | tuple[int, ...]:
+    """``0.25`` (a fraction of the tile), ``16`` (voxels on every axis) or ``8,32,32``."""
+    if "," in text or "x" in text:
+        return parse_ints(text) or ()
+    value = float(text)
+    if value >= 1:
+        if value != int(value):
+            raise ConfigError(f"an overlap of 1 or more is in whole voxels, got {text!r}")
+        return (int(value),)
+    return value
+
+
+def parse_batch_size(text: str) -> int | str:
+    text = str(text).strip().lower()
+    if text in ("auto", "0"):
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"batch_size: expected 'auto' or a whole number of tiles, got "
+                          f"{text!r}") from None
+
+
+@document
+@dataclasses.dataclass(frozen=True)
+class PredictConfig(Config):
+    """Settings of tiled, out-of-core prediction (shared by :func:`napari_unet.predict`, the
+    CLI and the segment widget)."""
+
+    mode: str = option(
+        "auto", "What to write: instance labels (connected objects, correct across blocks), "
+                "class labels (argmax / threshold), class probabilities (channel first) or "
+                "the blended raw model output; 'auto': instances for models that find objects "
+                "(trained on instance labels, or one foreground channel), class labels for "
+                "multi-class models.", choices=MODES)
+    tile: tuple[int, ...] | None = option(
+        None, "Network input size per spatial axis, rounded up to a size the model takes and "
+              "clipped to the image; None: fitted to the image from the model's recommended "
+              "tile.", parse=parse_ints)
+    overlap: float | tuple[int, ...] = option(
+        0.25, "Overlap of neighbouring tiles: a fraction of the tile (0 <= f < 1) or voxels "
+              "(one number >= 1 for every axis, or one per axis).  With crop stitching and "
+              "no explicit tile, a fraction is of the model's recommended tile.",
+        parse=parse_overlap, widget_step=0.05)
+    blending: str = option(
+        "crop", "How overlapping tiles make one output: 'crop' cuts the volume into cells "
+                "and each tile, a cell plus half the overlap of context, writes only its cell "
+                "(no tile computed twice); 'gaussian' / 'constant' average overlapping tiles "
+                "(as nnU-Net and MONAI).", choices=BLENDINGS)
+    sigma_scale: float = option(0.125, "Gaussian sigma as a fraction of the tile size.",
+                                low=0.0, high=1.0, open_low=True)
+    batch_size: int | str = option(
+        "auto", "Tiles of the model's recommended size per forward pass; 'auto': on a CUDA "
+                "GPU as many as fit in 60 % of its free memory (a power of two, at most 64), "
+                "elsewhere 4.  Running out of GPU memory halves it for the rest of the run.",
+        parse=parse_batch_size)
+    block_shape: tuple[int, ...] | None = option(
+        None, "Spatial size of one unit of work (read, predict, write), clipped to the "
+              "volume; a multiple of chunk_shape.  Memory grows with it, never with the "
+              "volume.", flag="--block", parse=parse_ints)
+    chunk_shape: tuple[int, ...] | None = option(
+        None, "Spatial chunk shape of the output zarr array.", flag="--chunk",
+        parse=parse_ints)
+    device: str = option("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', "
+                                 "'cuda:N' or 'mps'.")
+    precision: str = option(
+        "auto", "'auto': bf16 (or fp16) autocast on a GPU, and on a CPU with native bf16 "
+                "(AVX512-BF16 / AMX); fp32 elsewhere.", choices=PRECISIONS)
+    probability_dtype: str = option("float16", "Storage type of probabilities.",
+                                    choices=("float16", "float32"))
+    threshold: float = option(0.5, "Foreground threshold of binary (one-channel) models.",
+                              low=0.0, high=1.0, open_low=True, open_high=True)
+    axes: str | None = option(
+        None, "Axes of the input, letters from 'TCZYX' (e.g. 'ZYX', 'CYX', 'TZYX'); None: "
+              "inferred (napari_unet.axes).  With a 2D model a Z axis is processed slice by "
+              "slice.")
+    normalize: tuple[float, float] | None = option(
+        None, "Low / high percentiles of the intensity normalisation, computed once per "
+              "volume; None: the model's training normalisation, else (1, 99.8).", cli=False)
+    prefetch: int = option(2, "Blocks read ahead of the one being computed (and writes "
+                              "allowed to lag behind).", low=0)
+    min_size: int = option(10, "Instances: seeds (object cores) smaller than this many "
+                               "voxels are dropped -- fragments, not objects.", low=0)
+    split_touching: int = option(
+        0, "Instances of models without boundary classes (two-class and scribble models): "
+           "split touching objects at the necks of their distance to the background -- each "
+           "seed is where that distance exceeds half the largest within this radius (voxels; "
+           "about the objects' typical radius), and seeds regrow as far.  Out of core, blocks "
+           "see three radii of context: the same result as in one piece for objects up to "
+           "twice the radius.  0: connected components of the foreground.", low=0,
+        label="split touching (radius)")
+    tta: bool = option(False, "Test-time augmentation: average the logits over mirror images "
+                              "along the YX axes (4x the compute; usually a little more "
+                              "accurate).")
+    overwrite: bool = option(False, "Replace an existing output that belongs to another job "
+                                    "(another model, input, input content or settings).")
+
+    def _check(self) -> None:
+        dev = str(self.device)
+        if not (dev in DEVICES or dev.startswith("cuda:")):
+            raise ConfigError(
+                f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
+            )
+        for name in ("tile", "block_shape", "chunk_shape"):
+            value = int_tuple(getattr(self, name), name)
+            if value is not None and any(v < 1 for v in value):
+                raise ConfigError(f"{name} values must be >= 1, got {value}")
+            self._set(name, value)
+        self._check_overlap()
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int)
+                                          or isinstance(self.batch_size, bool)
+                                          or self.batch_size < 1):
+            raise ConfigError(
+                f"batch_size must be 'auto' or an integer >= 1, got {self.batch_size!r}")
+        if self.axes is not None:
+            axes = str(self.axes).upper()
+            if not axes or any(a not in "TCZYX" for a in axes) or len(set(axes)) != len(axes):
+                raise ConfigError(
+                    f"axes must be distinct letters from 'TCZYX' (e.g. 'ZYX', 'CYX'), "
+                    f"got {self.axes!r}"
+                )
+            self._set("axes", axes)
+        if self.normalize is not None:
+            try:
+                lo, hi = (float(v) for v in self.normalize)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(
+                    f"normalize must be two percentiles (low, high), got {self.normalize!r}"
+                ) from err
+            if not 0.0 <= lo < hi <= 100.0:
+                raise ConfigError(f"normalize percentiles must satisfy 0 <= low < high <= 100, "
+                                  f"got {(lo, hi)}")
+            self._set("normalize", (lo, hi))
+
+    def _check_overlap(self) -> None:
+        ov = self.overlap
+        if isinstance(ov, float) or (isinstance(ov, int) and not isinstance(ov, bool)
+                                     and ov < 1):
+            if not 0.0 <= float(ov) < 1.0:
+                raise ConfigError(
+                    f"overlap as a fraction must be in [0, 1), got {ov}; give whole voxels "
+                    "(e.g. 16, or 8,32,32) for an absolute overlap"
+                )
+            self._set("overlap", float(ov))
+            return
+        voxels = int_tuple(ov, "overlap")  # an int >= 1 is voxels on every axis
+        if voxels is None or not voxels or any(v < 0 for v in voxels):
+            raise ConfigError(f"overlap in voxels must be >= 0, got {ov}")
+        self._set("overlap", voxels)

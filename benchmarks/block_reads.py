@@ -30,7 +30,8 @@ def main() -> None:
     import napari_unet as nu
     from napari_unet.axes import resolve_layout
     from napari_unet.config import PredictConfig
-    from napari_unet.inference import engine
+    from napari_unet.inference import blocks, engine
+    from napari_unet.inference.plan import Plan
     from napari_unet.normalize import Normalization
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,7 +68,7 @@ def main() -> None:
         canonical = layout.canonical(array)
         config = PredictConfig(block_shape=tuple(args.block), device="cpu")
         grid, block, chunk = engine.plan_shapes(tuple(args.shape), spec, config)
-        plan = engine._Plan(layout, (), tuple(args.shape), grid, block, chunk)
+        plan = Plan(layout, (), tuple(args.shape), grid, block, chunk)
         units = plan.units
         norm = Normalization((80.0,), (120.0,))
         direct = functools.partial(layout.region, info.reader)
@@ -75,13 +76,13 @@ def main() -> None:
         def run(how) -> tuple[float, float]:
             t0, nbytes = time.perf_counter(), 0
             for unit in units:
-                x, _ = engine.read_block(canonical, plan, norm, unit, str(path), how)
+                x, _ = blocks.read_block(canonical, plan, norm, unit, str(path), how)
                 nbytes += x.nbytes
             return time.perf_counter() - t0, nbytes
 
         for unit in units[:2]:  # the two ways give the same numbers
-            a, _ = engine.read_block(canonical, plan, norm, unit, str(path), None)
-            b, _ = engine.read_block(canonical, plan, norm, unit, str(path), direct)
+            a, _ = blocks.read_block(canonical, plan, norm, unit, str(path), None)
+            b, _ = blocks.read_block(canonical, plan, norm, unit, str(path), direct)
             np.testing.assert_array_equal(a, b)
         rows = []
         for _ in range(args.rounds):

@@ -70,7 +70,7 @@ def codecs() -> dict[str, object]:
 def main() -> None:
     import zarr
 
-    from napari_unet.inference.engine import write_block
+    from napari_unet.inference.blocks import write_block
     from napari_unet.inference.store import result_compressors
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

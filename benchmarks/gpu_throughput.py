@@ -66,13 +66,8 @@ def plan_of(model, shape, dims, tile, batch, device):
     import napari_unet as nu
     from napari_unet.axes import Layout
     from napari_unet.inference.device import inference_module, measure_batch_size
-    from napari_unet.inference.engine import (
-        _Plan,
-        plan_shapes,
-        recommended_tile,
-        resolve_model,
-        tiles_per_batch,
-    )
+    from napari_unet.inference.engine import plan_shapes, recommended_tile, resolve_model
+    from napari_unet.inference.plan import Plan, tiles_per_batch
 
     spec = resolve_model(model)
     if batch == "auto":
@@ -84,7 +79,7 @@ def plan_of(model, shape, dims, tile, batch, device):
     config = nu.PredictConfig(**opts)
     grid, block, chunk = plan_shapes(shape, spec, config)
     axes = "ZYX"[-dims:]
-    plan = _Plan(Layout(axes, "", axes, False), (), shape, grid, block, chunk)
+    plan = Plan(Layout(axes, "", axes, False), (), shape, grid, block, chunk)
     runs = sum(len(grid.tiles_touching(r)) for _, r in plan.units)
     return grid.tile, tiles_per_batch(grid, spec, config), runs * math.prod(grid.tile) / math.prod(
         shape)
@@ -141,22 +136,23 @@ class StageClock:
         return timed
 
     def __enter__(self):
-        from napari_unet.inference import engine
+        from napari_unet.inference import blocks, executors
 
-        self.saved = (engine.read_block, engine.write_block, engine._block_arrays,
-                      engine._BlockRunner.__call__)
-        engine.read_block = self.wrap("read+normalise", engine.read_block)
-        engine.write_block = self.wrap("compress+write", engine.write_block)
-        engine._block_arrays = self.wrap("to host", engine._block_arrays)
-        engine._BlockRunner.__call__ = self.wrap("network+blend", engine._BlockRunner.__call__,
-                                                 sync=True)
+        # The local executor calls these by the names it imported.
+        self.saved = (executors.read_block, executors.write_block, executors.block_arrays,
+                      blocks.BlockRunner.__call__)
+        executors.read_block = self.wrap("read+normalise", executors.read_block)
+        executors.write_block = self.wrap("compress+write", executors.write_block)
+        executors.block_arrays = self.wrap("to host", executors.block_arrays)
+        blocks.BlockRunner.__call__ = self.wrap("network+blend", blocks.BlockRunner.__call__,
+                                                sync=True)
         return self
 
     def __exit__(self, *exc):
-        from napari_unet.inference import engine
+        from napari_unet.inference import blocks, executors
 
-        (engine.read_block, engine.write_block, engine._block_arrays,
-         engine._BlockRunner.__call__) = self.saved
+        (executors.read_block, executors.write_block, executors.block_arrays,
+         blocks.BlockRunner.__call__) = self.saved
 
 
 def main() -> None:

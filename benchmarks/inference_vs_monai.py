@@ -163,7 +163,8 @@ def geometry() -> None:
 
     import napari_unet as nu
     from napari_unet.axes import Layout
-    from napari_unet.inference.engine import _Plan, plan_shapes, resolve_model
+    from napari_unet.inference.engine import plan_shapes, resolve_model
+    from napari_unet.inference.plan import Plan
 
     print(f"{'dims':>4} {'shape':>20} {'crop tile':>18} {'crop':>6} {'gaussian tile':>18} "
           f"{'gaussian':>8} {'ratio':>6}")
@@ -175,7 +176,7 @@ def geometry() -> None:
             cost = {}
             for blending in ("crop", "gaussian"):
                 grid, block, chunk = plan_shapes(shape, spec, nu.PredictConfig(blending=blending))
-                plan = _Plan(Layout(axes, "", axes, False), (), shape, grid, block, chunk)
+                plan = Plan(Layout(axes, "", axes, False), (), shape, grid, block, chunk)
                 runs = sum(len(grid.tiles_touching(r)) for _, r in plan.units)
                 cost[blending] = (grid.tile, runs * math.prod(grid.tile) / math.prod(shape))
             print(f"{dims:>4} {str(shape):>20} {str(cost['crop'][0]):>18} {cost['crop'][1]:>6.2f} "

@@ -44,9 +44,7 @@ class _WithActivation(torch.nn.Module):
         return torch.sigmoid(y) if self.sigmoid else torch.softmax(y, dim=1)
 
 
-class MissingDependencyError(InputError, ImportError):
-    """An optional dependency is not installed; the message says how to install it.  An
-    ``InputError``, so the CLI and the widgets report it as a message like any setup problem."""
+from .errors import MissingDependencyError  # noqa: E402
 
 
 def _spec():

@@ -127,8 +127,10 @@ def _predict(args: argparse.Namespace) -> int:
         try:
             from distributed import Client, LocalCluster
         except ImportError as err:
-            raise SystemExit("cluster runs need dask.distributed: pip install "
-                             "'napari-unet[distributed]'") from err
+            from .errors import MissingDependencyError
+
+            raise MissingDependencyError("cluster runs need dask.distributed: pip install "
+                                         "'napari-unet[distributed]'") from err
         if args.scheduler:
             client = Client(args.scheduler)
         else:
@@ -148,22 +150,36 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _pairs_from_folders(images: str, labels: str) -> list[tuple[str, str]]:
+    """(image, labels) paths: one pair, or the images of a folder with labels of the same
+    name (any readable kinds: TIFF, zarr, PNG, JPEG, BMP)."""
+    from .io import InputError, is_image_path
+
     img_dir, lab_dir = Path(images), Path(labels)
     for d in (img_dir, lab_dir):
         if not d.exists():
-            raise SystemExit(f"{d} does not exist")
+            raise InputError(f"{d} does not exist")
     if img_dir.is_file() or img_dir.suffix == ".zarr":
         return [(str(img_dir), str(lab_dir))]
-    exts = (".tif", ".tiff", ".zarr")
-    imgs = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in exts)
+    found = sorted(p for p in img_dir.iterdir() if not p.name.startswith("."))
+    imgs = [p for p in found if is_image_path(p)]
+    if not imgs:
+        kinds = sorted({p.suffix or p.name for p in found})
+        raise InputError(f"no images in {img_dir} (found {', '.join(kinds) or 'nothing'}); "
+                         "images are .tif/.tiff, .zarr, .png, .jpg or .bmp")
+    labels_by_stem: dict[str, list[Path]] = {}
+    for q in lab_dir.iterdir():
+        if is_image_path(q):
+            labels_by_stem.setdefault(q.stem, []).append(q)
     pairs = []
     for p in imgs:
-        match = [q for q in lab_dir.iterdir() if q.stem == p.stem and q.suffix.lower() in exts]
+        match = labels_by_stem.get(p.stem)
         if not match:
-            raise SystemExit(f"no labels for {p.name} in {lab_dir} (labels need the same name)")
+            raise InputError(f"no labels for {p.name} in {lab_dir} (labels need the same "
+                             "name)")
+        if len(match) > 1:
+            raise InputError(f"several labels for {p.name} in {lab_dir}: "
+                             f"{', '.join(sorted(m.name for m in match))}; keep one")
         pairs.append((str(p), str(match[0])))
-    if not pairs:
-        raise SystemExit(f"no .tif/.tiff/.zarr images in {img_dir}")
     return pairs
 
 
@@ -199,13 +215,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _files(path: str) -> dict[str, Path]:
+    from .io import InputError, is_image_path
+
     p = Path(path)
     if not p.exists():
-        raise SystemExit(f"{p} does not exist")
-    exts = (".tif", ".tiff", ".zarr", ".npy")
+        raise InputError(f"{p} does not exist")
     if p.is_file() or p.suffix == ".zarr":
         return {p.stem: p}
-    return {q.stem: q for q in sorted(p.iterdir()) if q.suffix.lower() in exts}
+    return {q.stem: q for q in sorted(p.iterdir())
+            if is_image_path(q) or q.suffix.lower() == ".npy"}
 
 
 def _read_labels(path: Path):
@@ -231,7 +249,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         missing = sorted(set(truth) - set(pred))
         if missing:
-            raise SystemExit(f"no prediction for {len(missing)} ground-truth image(s), e.g. "
+            from .io import InputError
+
+            raise InputError(f"no prediction for {len(missing)} ground-truth image(s), e.g. "
                              f"{missing[0]!r} (predictions need the same names)")
         names = sorted(truth)
         pairs = [(pred[n], truth[n]) for n in names]
@@ -376,16 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .config import ConfigError
+    from .errors import NapariUnetError
     from .events import Cancelled
-    from .io import InputError
-    from .model.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     args.quiet = getattr(args, "quiet", False)
     try:
         return int(args.func(args) or 0)
-    except (InputError, ConfigError, CheckpointError) as err:
+    except NapariUnetError as err:
         print(f"napari-unet: error: {err}", file=sys.stderr)
         return 2
     except Cancelled as err:

@@ -70,6 +70,12 @@ class EpochEnd:
 class Cancelled(Exception):
     """Raised by a synchronous run whose cancel hook returned True."""
 
+    @classmethod
+    def after_blocks(cls, done: int, total: int) -> Cancelled:
+        """Prediction stopped after ``done`` of ``total`` blocks."""
+        return cls(f"prediction cancelled after {done} of {total} blocks; finished blocks are "
+                   "kept and running the same command again resumes")
+
 
 def drain(
     gen: Generator[Any, None, R], callback: Callable[[Any], None] | None = None

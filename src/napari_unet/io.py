@@ -14,7 +14,13 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-__all__ = ["InputError", "VolumeInfo", "open_volume", "SUPPORTED_DTYPES", "RESULT_ATTR"]
+__all__ = ["InputError", "VolumeInfo", "open_volume", "SUPPORTED_DTYPES", "RESULT_ATTR",
+           "IMAGE_SUFFIXES", "PLAIN_IMAGE_SUFFIXES", "is_image_path"]
+
+# Plain 2D image files, read whole into memory (they are small by nature).
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# Every file or folder kind open_volume reads.
+IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", *PLAIN_IMAGE_SUFFIXES)
 
 # Group attribute written by the prediction engine; also read back here to find the result.
 RESULT_ATTR = "napari_unet"
@@ -25,8 +31,7 @@ SUPPORTED_DTYPES = (
 )  # fmt: skip
 
 
-class InputError(ValueError):
-    """The input image cannot be used; the message says which input and what to do."""
+from .errors import InputError  # noqa: E402  (defined with the other user errors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +173,23 @@ def _tiff_scale(tif: Any, axes: str | None) -> tuple[float, ...] | None:
         return None
 
 
+def _open_plain(path: Path) -> tuple[da.Array, VolumeInfo]:
+    import imageio.v3 as iio
+
+    try:
+        image = np.asarray(iio.imread(path))
+    except Exception as err:
+        raise InputError(f"{str(path)!r} is not a readable {path.suffix[1:].upper()} image: "
+                         f"{err}") from err
+    axes = "YX" if image.ndim == 2 else "YXC" if image.ndim == 3 else None
+    return da.from_array(image, chunks=image.shape), VolumeInfo(str(path), axes=axes)
+
+
+def is_image_path(path: Path) -> bool:
+    """Whether ``path`` names something :func:`open_volume` reads (by its name)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def open_volume(source: Any) -> tuple[da.Array, VolumeInfo]:
     """Open an image as a lazy dask array.
 
@@ -175,7 +197,8 @@ def open_volume(source: Any) -> tuple[da.Array, VolumeInfo]:
     ----------
     source : array-like or path
         numpy / dask / zarr array, or a path to a zarr array or group (OME-Zarr: level 0,
-        a napari-unet result: its result array) or to a TIFF file.
+        a napari-unet result: its result array), to a TIFF file (read lazily), or to a PNG,
+        JPEG or BMP image (read whole).
 
     Returns
     -------
@@ -195,13 +218,16 @@ def open_volume(source: Any) -> tuple[da.Array, VolumeInfo]:
         suffix = path.suffix.lower()
         if suffix in (".tif", ".tiff") and path.is_file():
             arr, info = _open_tiff(path)
+        elif suffix in PLAIN_IMAGE_SUFFIXES and path.is_file():
+            arr, info = _open_plain(path)
         elif path.is_dir() and (suffix == ".zarr" or (path / "zarr.json").exists()
                                 or (path / ".zarray").exists() or (path / ".zgroup").exists()):
             arr, info = _open_zarr_path(path)
         else:
             raise InputError(
-                f"input {str(path)!r} is neither a zarr store nor a TIFF file; "
-                "give a .zarr folder or a .tif/.tiff file (or an array from Python)"
+                f"input {str(path)!r} is neither a zarr store nor a TIFF, PNG, JPEG or BMP "
+                "file; give a .zarr folder or a .tif / .png / .jpg / .bmp file (or an array "
+                "from Python)"
             )
     elif isinstance(source, da.Array):
         arr, info = source, VolumeInfo("dask array", reader=_zarr_behind(source))

@@ -92,7 +92,7 @@ def test_distance_model_trains_and_chooses_its_seeds(tmp_path):
 def test_distance_model_labels_the_same_objects_in_blocks_and_whole(shape, tmp_path,
                                                                     monkeypatch):
     """Seeds crossing block and labelling-chunk borders are one object, regrown alike."""
-    from napari_unet.inference import engine
+    from napari_unet.inference import labelling
     from napari_unet.metrics import match_instances
 
     labels = synthetic_nuclei(shape, radius=(5, 9), seed=3)[1]
@@ -102,7 +102,7 @@ def test_distance_model_labels_the_same_objects_in_blocks_and_whole(shape, tmp_p
     opts = dict(mode="instances", device="cpu", normalize=(0, 100))
     whole = nu.predict(model, image, **opts)
     small = (48,) * len(shape) if len(shape) == 2 else (16, 24, 24)
-    monkeypatch.setattr(engine, "IN_MEMORY_LABEL_VOXELS", int(np.prod(small)))
+    monkeypatch.setattr(labelling, "IN_MEMORY_LABEL_VOXELS", int(np.prod(small)))
     blocks = nu.predict(model, image, tmp_path / "out.zarr", tile=small, block_shape=small,
                         **opts)[:]
     np.testing.assert_array_equal(whole > 0, blocks > 0)

@@ -424,14 +424,15 @@ def test_default_crop_grid_computes_every_tile_once():
     import math
 
     from napari_unet.axes import Layout
-    from napari_unet.inference.engine import _Plan, plan_shapes, resolve_model
+    from napari_unet.inference.engine import plan_shapes, resolve_model
+    from napari_unet.inference.plan import Plan
 
     spec = resolve_model(tiny_unet(3, depth=4))  # recommended tile 96, overlap 24
     for shape, most in [((96, 192, 192), 0.8), ((130, 300, 250), 0.85),
                         ((1024, 512, 512), 0.6)]:
         grid, block, chunk = plan_shapes(shape, spec, nu.PredictConfig())
         blend, blend_block, _ = plan_shapes(shape, spec, nu.PredictConfig(blending="gaussian"))
-        plan = _Plan(Layout("ZYX", "", "ZYX", False), (), shape, grid, block, chunk)
+        plan = Plan(Layout("ZYX", "", "ZYX", False), (), shape, grid, block, chunk)
         runs = [o for _, region in plan.units for o in grid.tiles_touching(region)]
         assert len(runs) == len(set(runs)) == grid.n_tiles  # no tile computed twice
         assert all(b % c == 0 for b, c in zip(block, chunk, strict=True))
@@ -440,7 +441,7 @@ def test_default_crop_grid_computes_every_tile_once():
         # each cell keeps the context of the recommended tile's overlap (24) around it
         assert all((t - c) // 2 >= 12 for t, c, s in zip(grid.tile, grid.cell, shape,
                                                          strict=True) if t < s)
-        blend_plan = _Plan(plan.layout, (), shape, blend, blend_block, chunk)
+        blend_plan = Plan(plan.layout, (), shape, blend, blend_block, chunk)
         blend_runs = sum(len(blend.tiles_touching(r)) for _, r in blend_plan.units)
         # fewer voxels than Gaussian blending's default grid, whose tiles that straddle
         # block borders run once per block
@@ -556,14 +557,14 @@ def test_engine_folds_batch_norm_into_a_copy_and_leaves_the_model_alone(dims, rn
 @pytest.mark.parametrize("shape", [(60, 70), (3, 40, 50)])
 def test_small_frames_are_labelled_in_memory_with_the_same_result(shape, rng, monkeypatch,
                                                                    tmp_path):
-    import napari_unet.inference.engine as engine
+    import napari_unet.inference.labelling as labelling
 
     x = rng.random(shape).astype(np.float32)
     model = tiny_unet(len(shape), out_channels=4)
     model.metadata = {"label_mode": "instances"}  # background / interior / boundary / contact
     opts = dict(mode="instances", tile=(16,) * len(shape), device="cpu", min_size=3)
     fast = nu.predict(model, x, tmp_path / "fast.zarr", **opts)[:]
-    monkeypatch.setattr(engine, "IN_MEMORY_LABEL_VOXELS", 0)  # every frame through dask-image
+    monkeypatch.setattr(labelling, "IN_MEMORY_LABEL_VOXELS", 0)  # every frame through dask-image
     slow = nu.predict(model, x, tmp_path / "slow.zarr", **opts)[:]
     assert fast.max() > 1
     np.testing.assert_array_equal(fast, slow)
@@ -573,10 +574,10 @@ def test_small_frames_are_labelled_in_memory_with_the_same_result(shape, rng, mo
 def test_core_seeds_regrow_as_far_as_the_model_says(tmp_path, monkeypatch, in_memory):
     """Seeds of a core model (``grow`` in its metadata) refill the whole object; without it
     they regrow by the boundary ring's width only."""
-    import napari_unet.inference.engine as engine
+    import napari_unet.inference.labelling as labelling
 
     if not in_memory:
-        monkeypatch.setattr(engine, "IN_MEMORY_LABEL_VOXELS", 0)
+        monkeypatch.setattr(labelling, "IN_MEMORY_LABEL_VOXELS", 0)
     yy, xx = np.mgrid[:70, :64]
     x = np.zeros((70, 64), np.float32)  # its last rows of chunks are thinner than the growth
     for cy, cx in ((20, 20), (20, 41), (46, 30), (62, 52)):  # two of them touch

@@ -148,7 +148,7 @@ def test_split_classes_chunk_by_chunk_equal_whole(seed, radius, chunk):
 
 
 def test_scribble_model_instances_split_in_blocks_like_whole(tmp_path, monkeypatch):
-    from napari_unet.inference import engine
+    from napari_unet.inference import labelling
 
     from .helpers import Levels
 
@@ -158,7 +158,7 @@ def test_scribble_model_instances_split_in_blocks_like_whole(tmp_path, monkeypat
     opts = dict(mode="instances", device="cpu", normalize=(0, 100), split_touching=11)
     whole = nu.predict(model, image, **opts)
     assert whole.max() == 5
-    monkeypatch.setattr(engine, "IN_MEMORY_LABEL_VOXELS", 40 * 40)
+    monkeypatch.setattr(labelling, "IN_MEMORY_LABEL_VOXELS", 40 * 40)
     blocks = nu.predict(model, image, tmp_path / "o.zarr", tile=(40, 40), block_shape=(40, 40),
                         **opts)[:]
     same = match_instances(blocks, whole, (0.999,))[0]

@@ -417,8 +417,9 @@ def test_patch_pipeline_and_batches_do_not_depend_on_it():
     import concurrent.futures as cf
 
     from napari_unet.training.augment import Augmenter as Aug
+    from napari_unet.training.batches import batches as _batches
+    from napari_unet.training.batches import patch_pipeline
     from napari_unet.training.data import PatchSampler, prepare_pairs
-    from napari_unet.training.loop import _batches, patch_pipeline
 
     assert patch_pipeline(torch.device("cpu"), cpus=2) == (2, 0)  # cut between steps
     assert patch_pipeline(torch.device("cuda"), cpus=16) == (8, 8)  # work ahead
@@ -518,9 +519,9 @@ def test_training_with_device_augmentation_repeats(tmp_path, monkeypatch):
 
 
 def test_diverged_training_stops_with_advice_and_saves_nothing_new(tmp_path, monkeypatch):
-    import napari_unet.training.loop as loop
+    import napari_unet.training.setup as setup
 
-    monkeypatch.setattr(loop, "make_loss",
+    monkeypatch.setattr(setup, "make_loss",
                         lambda *a, **k: lambda logits, t: logits.float().mean() * float("nan"))
     pairs = [synthetic_nuclei((64, 64), seed=s) for s in range(2)]
     with pytest.raises(FloatingPointError, match="diverged at epoch 1, step 1.*learning rate"):
@@ -545,9 +546,9 @@ def test_fp32_on_cuda_turns_tensorfloat32_off_for_the_run():
 
 def test_out_of_memory_in_training_says_what_to_change_and_keeps_the_weights(tmp_path,
                                                                               monkeypatch):
-    import napari_unet.training.loop as loop
+    import napari_unet.training.setup as setup
 
-    class Hungry(loop.UNet):
+    class Hungry(setup.UNet):
         """Raises what a GPU raises when more than two patches are trained at once."""
 
         def forward(self, x):
@@ -558,7 +559,7 @@ def test_out_of_memory_in_training_says_what_to_change_and_keeps_the_weights(tmp
     pairs = [synthetic_nuclei((64, 64), seed=s) for s in range(2)]
     fits = nu.train(pairs, TrainConfig(**{**TINY, "batch_size": 2, "epochs": 1}),
                     run_dir=tmp_path / "fits")
-    monkeypatch.setattr(loop, "UNet", Hungry)
+    monkeypatch.setattr(setup, "UNet", Hungry)
     with pytest.raises(InputError, match=r"ran out of memory on cpu at epoch 1, step 1 "
                                          r"\(batch_size 4 .*e\.g\. 2\).*init_model"):
         nu.train(pairs, TrainConfig(**{**TINY, "batch_size": 4}), run_dir=tmp_path / "run")

@@ -28,6 +28,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..config import DEVICES, MODES, PredictConfig, options_of, resolve_mode
+from ..errors import InputError, NapariUnetError
 from . import _workers
 from ._config_widgets import option_value, option_widget
 from ._layers import layer_axes, layer_data, layer_geometry, unique_name, visible_region
@@ -129,11 +130,11 @@ class SegmentWidget(Container):
         if self.model.value == FILE_CHOICE:
             path = Path(self.model_file.value)
             if not path.is_file():
-                raise ValueError("choose a model file (.safetensors)")
+                raise InputError("choose a model file (.safetensors)")
             return path
         path = registry.path(self.model.value)
         if path is None:
-            raise ValueError("no model selected: train one or choose a model file")
+            raise InputError("no model selected: train one or choose a model file")
         return path
 
     # -- run --------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ class SegmentWidget(Container):
         data = layer_data(layer)
         ndim = data.ndim - (1 if layer.rgb else 0)
         if axes is None and spatial_dims == 2 and ndim == 3 and not self.per_slice.value:
-            raise ValueError(
+            raise InputError(
                 f"layer {layer.name!r} is 3D but the model is 2D; tick '2D model: slice by "
                 "slice' or choose a 3D model")
         values = {name: option_value(getattr(self, name), PredictConfig, name) for name in (
@@ -162,7 +163,7 @@ class SegmentWidget(Container):
         if choice == "zarr file":
             path = Path(self.store_path.value)
             if not str(path) or path == Path("."):
-                raise ValueError("choose where to write the zarr store")
+                raise InputError("choose where to write the zarr store")
             return path
         # Managed location: stable for the same layer (its identity, not its name: two
         # layers may share a name), model and settings, so a second run resumes the first.
@@ -203,7 +204,7 @@ class SegmentWidget(Container):
                     # segmented again rather than refused (a store the user chose is not).
                     config = config.replace(overwrite=True)
             return self._start(layer, data, model_path, config, output, region, spatial_dims)
-        except Exception as err:  # noqa: BLE001 - any refusal becomes a notification
+        except NapariUnetError as err:  # a refusal is a notification; a bug keeps its traceback
             show_error(f"napari-unet: {err}")
             return None
 
@@ -220,7 +221,7 @@ class SegmentWidget(Container):
 
         address = self.scheduler.value.strip() if region is None else ""
         if address and output is None:
-            raise ValueError("a cluster run writes to a zarr store: choose 'zarr file' or "
+            raise InputError("a cluster run writes to a zarr store: choose 'zarr file' or "
                              "'auto' for a large image")
         source = data
         if address and getattr(layer, "source", None) is not None and layer.source.path:

@@ -27,6 +27,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from ..config import DEVICES, ModelConfig, TrainConfig, options_of, parse_ints
+from ..errors import InputError, NapariUnetError
 from . import _workers
 from ._config_widgets import option_value, option_widget
 from ._layers import layer_data, layer_geometry, unique_name, visible_region
@@ -46,22 +47,11 @@ def _auto_patch(shape: tuple[int, ...], multiple: tuple[int, ...], wanted: tuple
     for s, m, w in zip(shape, multiple, wanted, strict=True):
         p = min(w, (s // m) * m)
         if p < m:
-            raise ValueError(
+            raise InputError(
                 f"the image ({shape}) is too small for this depth: each axis needs at least "
                 f"{m} pixels; lower the depth")
         out.append(p)
     return tuple(out)
-
-
-def _slices_with_labels(image: Any, labels: Any) -> list[tuple[Any, Any]]:
-    """(image[z], labels[z]) for every z slice that has labels (runs in the worker)."""
-    import numpy as np
-
-    pairs = []
-    for z in range(labels.shape[0]):
-        if np.asarray(labels[z]).any():
-            pairs.append((image[z], labels[z]))
-    return pairs
 
 
 class TrainWidget(Container):
@@ -162,21 +152,21 @@ class TrainWidget(Container):
         """Validated TrainConfig and the arrays to train on (read here, on the GUI thread)."""
         image, labels = self.image.value, self.labels.value
         if image is None:
-            raise ValueError("no image layer: open or select the image to train on")
+            raise InputError("no image layer: open or select the image to train on")
         if labels is None:
-            raise ValueError("no labels layer: paint labels (or scribbles) on a labels layer")
+            raise InputError("no labels layer: paint labels (or scribbles) on a labels layer")
         img, lab = layer_data(image), layer_data(labels)
         spatial = tuple(img.shape[:-1] if image.rgb else img.shape)
         if spatial != tuple(lab.shape):
-            raise ValueError(
+            raise InputError(
                 f"labels layer {labels.name!r} has shape {tuple(lab.shape)} but image "
                 f"{image.name!r} has {spatial}; draw the labels on a layer of the image's shape")
         dims = self.dims.value
         sd = 3 if dims == DIMS_3D else 2
         if sd == 3 and len(spatial) != 3:
-            raise ValueError(f"a 3D model needs a 3D image; {image.name!r} is {len(spatial)}D")
+            raise InputError(f"a 3D model needs a 3D image; {image.name!r} is {len(spatial)}D")
         if dims == DIMS_SLICES and len(spatial) != 3:
-            raise ValueError("'3D stack as 2D slices' needs a 3D image")
+            raise InputError("'3D stack as 2D slices' needs a 3D image")
         model = ModelConfig(spatial_dims=sd, depth=int(self.depth.value),
                             base_filters=int(self.filters.value))
         patch_spatial = spatial[-sd:]
@@ -210,10 +200,10 @@ class TrainWidget(Container):
             config, img, lab, dims = self.config_and_data()
             run_dir = Path(self.run_dir.value)
             if not self.resume.value and (run_dir / "last_state.pt").exists():
-                raise ValueError(
+                raise InputError(
                     f"{run_dir} already holds a training run: tick 'resume' or choose another "
                     "folder")
-        except Exception as err:  # noqa: BLE001 - a refusal is a notification
+        except NapariUnetError as err:  # a refusal is a notification; a bug keeps its traceback
             show_error(f"napari-unet: {err}")
             return None
         image_layer = self.image.value
@@ -228,13 +218,10 @@ class TrainWidget(Container):
         metadata = {"rgb_to_gray": True} if image_layer.rgb else None
 
         def make(job):
-            def run():
-                # The slices with labels are read here, in the worker, not on the GUI thread.
-                pairs = (_slices_with_labels(img, lab) if dims == DIMS_SLICES
-                         else [(img, lab)])
-                return (yield from train_iter(pairs, config, None, run_dir, resume,
-                                              cancel=job.is_cancelled, metadata=metadata))
-            return run()
+            # A stack for a 2D model trains on its slices with labels (napari_unet.axes); the
+            # labels are read in the worker, not on the GUI thread.
+            return train_iter([(img, lab)], config, None, run_dir, resume,
+                              cancel=job.is_cancelled, metadata=metadata)
 
         def on_event(event):
             if isinstance(event, StageStarted):

@@ -45,18 +45,15 @@ class _Failed:
 def _report_error(err: BaseException) -> None:
     from napari.utils.notifications import show_error, show_info
 
-    from ..config import ConfigError
+    from ..errors import NapariUnetError
     from ..events import Cancelled
-    from ..io import InputError
-    from ..model.checkpoint import CheckpointError
 
     if isinstance(err, Cancelled):
         show_info(str(err))
-    elif isinstance(err, (InputError, ConfigError, CheckpointError, RuntimeError, ValueError,
-                          OSError)):
-        # Expected problems with the input or the setup: a message, not a traceback dialog.
+    elif isinstance(err, NapariUnetError):
+        # A problem with the input or the setup: a message, not a traceback dialog.
         show_error(f"napari-unet: {err}")
-    else:
+    else:  # a bug: napari shows it with its traceback
         raise err
 
 

@@ -17,8 +17,7 @@ __all__ = ["ConfigError", "Config", "option", "parse_ints", "int_tuple", "option
 T = TypeVar("T", bound="Config")
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and what to do."""
+from ..errors import ConfigError  # noqa: E402
 
 
 def parse_ints(text: str) -> tuple[int, ...] | None:

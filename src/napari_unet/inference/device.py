@@ -13,7 +13,7 @@ __all__ = ["select_device", "select_precision", "autocast", "release_memory", "m
 
 # Tiles per forward pass where there is no device memory to fit (CPU, MPS): larger batches
 # gain nothing on a CPU and cost memory.
-CPU_BATCH = 4
+from .plan import CPU_BATCH  # noqa: E402  (one value, used by the plan before a device)
 
 
 def memory_format(spatial_dims: int) -> torch.memory_format:

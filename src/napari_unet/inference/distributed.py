@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..config import PredictConfig
-from ..events import BlockDone, Cancelled, StageStarted
+from ..events import BlockDone, Cancelled
 from ..io import InputError
 from ..normalize import Normalization
 
-__all__ = ["ClusterJob", "run_block", "run_blocks_on_cluster", "check_cluster_input",
-           "MODEL_ARRAY"]
+__all__ = ["ClusterJob", "ClusterExecutor", "run_block", "check_cluster_input", "MODEL_ARRAY"]
 
 MODEL_ARRAY = "model"  # uint8 array in the output store holding the model file's bytes
 
@@ -35,7 +34,7 @@ class ClusterJob:
 
     fingerprint: str
     source: Any  # a path string or a zarr array: something every worker can open
-    plan: Any  # engine._Plan
+    plan: Any  # plan.Plan
     norm: Normalization
     config: PredictConfig
     precision: str
@@ -78,8 +77,9 @@ def _state(job: ClusterJob) -> tuple[Any, Any, Any, Any]:
 
     from ..io import open_volume
     from ..model.checkpoint import model_from_bytes
+    from .blocks import BlockRunner, direct_reader
     from .device import select_device
-    from .engine import _BlockRunner, direct_reader, resolve_model
+    from .spec import resolve_model
     from .store import OutputStore
 
     cached = _CACHE.get(job.fingerprint)
@@ -93,7 +93,7 @@ def _state(job: ClusterJob) -> tuple[Any, Any, Any, Any]:
     device = select_device(job.config.device)
     array, info = open_volume(job.source)
     canonical = job.plan.layout.canonical(array)
-    runner = _BlockRunner(spec, job.plan, job.config, device, job.precision)
+    runner = BlockRunner(spec, job.plan, job.config, device, job.precision)
     store = OutputStore(group, resumed=True)
     _CACHE[job.fingerprint] = (canonical, direct_reader(job.plan.layout, info), runner, store)
     return _CACHE[job.fingerprint]
@@ -101,50 +101,47 @@ def _state(job: ClusterJob) -> tuple[Any, Any, Any, Any]:
 
 def run_block(job: ClusterJob, index: int) -> int:
     """Task: read, predict, write and mark one block; returns its index."""
-    from .engine import _block_arrays, read_block, write_block
+    from .blocks import block_arrays, read_block, write_block
 
     canonical, direct, runner, store = _state(job)
     unit = job.units[index]
     x, in_region = read_block(canonical, job.plan, job.norm, unit, str(job.source), direct)
-    name, data = _block_arrays(runner(x, in_region, unit[1]), job.config, runner.spec.metadata)
+    name, data = block_arrays(runner(x, in_region, unit[1]), job.config, runner.spec.metadata)
     write_block(store, unit, name, data, job.config.mode)
     store.mark_block(index)
     return index
 
 
-def run_blocks_on_cluster(
-    client: Any,
-    job: ClusterJob,
-    done_flags: np.ndarray,
-    cancel: Callable[[], bool] | None,
-) -> Generator[Any, None, None]:
-    """Submit the unfinished blocks as tasks and report them as they complete."""
-    from distributed import as_completed
+@dataclasses.dataclass
+class ClusterExecutor:
+    """Blocks as tasks on a dask.distributed cluster (the same ``run`` as the local
+    executor); the job description goes to every worker once, tasks carry block indices."""
 
-    units = job.units
-    total = len(units)
-    todo = [i for i in range(total) if not done_flags[i]]
-    n_done = total - len(todo)
-    workers = len(client.scheduler_info().get("workers", {}))
-    yield StageStarted("predict", total=total,
-                       message=f"{workers} worker(s); {n_done} of {total} blocks already done")
-    for i in range(total):
-        if done_flags[i]:
-            yield BlockDone(i, units[i][1], int(done_flags[: i + 1].sum()), total, skipped=True)
-    if not todo:
-        return
-    # The job description goes to every worker once; tasks only carry block indices.
-    [job_future] = client.scatter([job], broadcast=True, hash=False)
-    futures = client.map(run_block, [job_future] * len(todo), todo, pure=False, retries=3)
-    try:
-        for fut in as_completed(futures):
-            if cancel is not None and cancel():
-                client.cancel([f for f in futures if not f.done()])
-                raise Cancelled(
-                    f"prediction cancelled after {n_done} of {total} blocks; finished blocks "
-                    "are kept and running the same command again resumes")
-            i = fut.result()
-            n_done += 1
-            yield BlockDone(i, units[i][1], n_done, total)
-    finally:
-        client.cancel([f for f in futures if not f.done()])
+    client: Any
+    job: ClusterJob
+
+    def describe(self) -> str:
+        workers = len(self.client.scheduler_info().get("workers", {}))
+        return f"{workers} worker(s)"
+
+    def run(self, todo: list[int], done: int, cancel: Callable[[], bool] | None
+            ) -> Generator[Any, None, None]:
+        """Submit blocks ``todo`` (``done`` already finished) and yield as they complete."""
+        from distributed import as_completed
+
+        client, units = self.client, self.job.units
+        total, n_done = len(units), done
+        if not todo:
+            return
+        [job_future] = client.scatter([self.job], broadcast=True, hash=False)
+        futures = client.map(run_block, [job_future] * len(todo), todo, pure=False, retries=3)
+        try:
+            for fut in as_completed(futures):
+                if cancel is not None and cancel():
+                    client.cancel([f for f in futures if not f.done()])
+                    raise Cancelled.after_blocks(n_done, total)
+                i = fut.result()
+                n_done += 1
+                yield BlockDone(i, units[i][1], n_done, total)
+        finally:
+            client.cancel([f for f in futures if not f.done()])

@@ -36,8 +36,7 @@ __all__ = ["OutputStore", "OutputExistsError", "fingerprint", "result_compressor
 STORE_FORMAT = 1
 
 
-class OutputExistsError(InputError):
-    """The output path holds something else; refusing to overwrite it."""
+from ..errors import OutputExistsError  # noqa: E402
 
 
 def fingerprint(job: Mapping[str, Any]) -> str:
@@ -69,9 +68,10 @@ def _is_zarr_dir(path: Path) -> bool:
 class OutputStore:
     """Result arrays and progress markers of one prediction job."""
 
-    def __init__(self, group: zarr.Group, resumed: bool) -> None:
+    def __init__(self, group: zarr.Group, resumed: bool, path: Path | None = None) -> None:
         self.group = group
         self.resumed = resumed
+        self.path = path
         record = dict(group.attrs[RESULT_ATTR])
         self.record = record
         self.result_name: str = record["result"]
@@ -125,7 +125,7 @@ class OutputStore:
                 )
             existing = cls._existing_record(path)
             if existing is not None and existing.get("fingerprint") == fp:
-                return cls(zarr.open_group(str(path), mode="r+"), resumed=True)
+                return cls(zarr.open_group(str(path), mode="r+"), resumed=True, path=path)
             if existing is not None and existing.get("creating"):
                 overwrite = True  # ours, interrupted while being created: it holds no results
             if not overwrite:
@@ -146,7 +146,7 @@ class OutputStore:
         if not os.access(parent, os.W_OK):
             raise InputError(f"cannot write the output: folder {str(parent)!r} is not writable")
         group = zarr.open_group(str(path), mode="w")
-        return cls._create(group, job, fp, arrays, result, n_blocks, n_frames)
+        return cls._create(group, job, fp, arrays, result, n_blocks, n_frames, path)
 
     @classmethod
     def stored_fingerprint(cls, path: str | os.PathLike) -> str | None:
@@ -174,6 +174,7 @@ class OutputStore:
         result: str,
         n_blocks: int,
         n_frames: int,
+        path: Path | None = None,
     ) -> OutputStore:
         # Marks the store as napari-unet's from the start, so a run interrupted before the
         # record below is written leaves a store that the next run may simply replace.
@@ -198,7 +199,17 @@ class OutputStore:
             "result": result,
             "job": job,
         }
-        return cls(group, resumed=False)
+        return cls(group, resumed=False, path=path)
+
+    @property
+    def where(self) -> str:
+        """The store's path in words (for messages)."""
+        return repr(str(self.path)) if self.path is not None else "the in-memory result"
+
+    def todo_blocks(self) -> tuple[np.ndarray, list[int]]:
+        """Done flags and the indices of the blocks still to run."""
+        flags = self.done_blocks()
+        return flags, [int(i) for i in np.flatnonzero(~flags)]
 
     # -- progress ---------------------------------------------------------------------------
     def _read_flags(self, arr: zarr.Array) -> np.ndarray:

@@ -29,8 +29,7 @@ FORMAT_VERSION = 1
 _HEADER_KEY = "napari_unet"
 
 
-class CheckpointError(ValueError):
-    """A model file is missing, corrupt or not a napari-unet model."""
+from ..errors import CheckpointError  # noqa: E402  (a model file is missing or corrupt)
 
 
 def _jsonable(value: Any) -> Any:

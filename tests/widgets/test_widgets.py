@@ -332,3 +332,28 @@ def test_segment_widget_store_follows_the_data_not_the_layer_name(make_napari_vi
     painted[:48] = image[:48]
     np.testing.assert_allclose(segment(painted, same_layer=True), foreground(painted),
                                atol=2e-3)
+
+
+def test_widgets_show_the_configs_defaults_and_choices(make_napari_viewer):
+    """No widget retypes a default or a choice list: they come from the config options."""
+    from napari_unet.config import MODES, PredictConfig, TrainConfig
+
+    viewer = make_napari_viewer()
+    train, seg = TrainWidget(viewer), SegmentWidget(viewer)
+    preset = TrainConfig.preset("interactive")
+    assert train.lr.value == pytest.approx(preset.lr)
+    assert (train.epochs.value, train.steps.value, train.batch_size.value) == (
+        preset.epochs, preset.steps_per_epoch, preset.batch_size)
+    assert train.schedule.value == preset.schedule and train.core.value == preset.core
+    assert list(train.label_mode.choices) == ["instances", "classes", "scribbles"]
+    assert list(train.target.choices) == ["classes", "distance"]
+    defaults = PredictConfig()
+    assert seg.mode.value == defaults.mode
+    assert list(seg.mode.choices) == [m for m in MODES if m != "logits"]
+    assert seg.overlap.value == "0.25" and seg.batch_size.value == "auto"
+    # Read back, the widget's values make the config's defaults again.
+    layer = viewer.add_image(np.zeros((64, 64), np.float32), name="x")
+    meta = {"model": {"spatial_dims": 2, "out_channels": 4}, "label_mode": "instances"}
+    config = seg._config(meta, layer)
+    assert config.replace(mode="auto", axes=None) == defaults
+    assert config.mode == "instances"

@@ -120,14 +120,14 @@ Colour images are averaged to gray (the model's metadata asks ``predict`` to do 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import tifffile
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _dsb import load_split, to_gray, to_rgb  # noqa: E402  (DSB helpers shared with benchmarks)
 
 import napari_unet as nu
 from napari_unet.config import ModelConfig, TrainConfig
@@ -156,21 +156,6 @@ CONFIG = TrainConfig(
 )
 
 
-def to_gray(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3:
-        return image[..., :3].astype(np.float32).mean(axis=-1)
-    return image.astype(np.float32)
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Channels-first RGB: colour images keep their colour, gray ones are repeated."""
-    image = np.asarray(image).astype(np.float32)
-    if image.ndim == 3:
-        return np.ascontiguousarray(np.moveaxis(image[..., :3], -1, 0))
-    return np.repeat(image[None], 3, axis=0)
-
-
 def _save_widened(old, config, state: dict, run: Path, name: str, drop: tuple = ()) -> str:
     """Save ``state`` as a model of architecture ``config`` with ``old``'s metadata."""
     new = nu.UNet(config)
@@ -192,15 +177,6 @@ def widen_to_rgb(init: str, run: Path) -> str:
     state[key] = state[key].repeat(1, 3, *([1] * (state[key].ndim - 2))) / 3.0
     return _save_widened(old, old.config.replace(in_channels=3), state, run,
                          "init_rgb.safetensors", drop=("rgb_to_gray",))
-
-
-def load_split(root: Path, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-    with open(root / "manifest.csv") as fh:
-        stems = sorted(r["stem"] for r in csv.DictReader(fh) if r["split"] == split)
-    images = [tifffile.imread(root / split / "images" / f"{s}.tif") for s in stems]
-    labels = [tifffile.imread(root / split / "labels" / f"{s}.tif").astype(np.int32)
-              for s in stems]
-    return stems, images, labels
 
 
 def add_contact_class(init: str, run: Path) -> str:
@@ -277,8 +253,8 @@ def main() -> None:
     if args.init:
         changes["epochs"] = 400
     CONFIG = CONFIG.replace(**changes)
-    _, train_images, train_labels = load_split(args.data, "train")
-    val_stems, val_images, val_labels = load_split(args.data, "val")
+    _, train_images, train_labels, _ = load_split(args.data, "train")
+    val_stems, val_images, val_labels, _ = load_split(args.data, "val")
     to_input = to_rgb if args.rgb else to_gray
     train_pairs = [(to_input(i), lab) for i, lab in zip(train_images, train_labels, strict=True)]
     val_pairs = [(to_input(i), lab) for i, lab in zip(val_images, val_labels, strict=True)]

@@ -11,7 +11,8 @@ import dataclasses
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["Progress", "BlockDone", "StageStarted", "Notice", "EpochEnd", "Cancelled", "drain"]
+__all__ = ["Progress", "BlockDone", "StageStarted", "Notice", "EpochEnd", "Preview",
+           "Cancelled", "drain"]
 
 R = TypeVar("R")
 
@@ -52,6 +53,18 @@ class BlockDone:
     done: int
     total: int
     skipped: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Preview:
+    """A first result to show while work goes on, e.g. the pixel classifier's classes of the
+    training image (0 = background) seconds after scribble training starts."""
+
+    stage: str
+    labels: Any  # numpy array, the training image's spatial shape
+
+    def __repr__(self) -> str:  # the array would flood a log
+        return f"Preview(stage={self.stage!r}, shape={getattr(self.labels, 'shape', None)})"
 
 
 @dataclasses.dataclass(frozen=True)

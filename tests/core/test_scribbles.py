@@ -74,6 +74,10 @@ def test_forest_prior_trains_and_keeps_the_validation_strokes(tmp_path):
     result = nu.train([(image, marks)], cfg, run_dir=tmp_path / "r", progress=events.append)
     stages = [getattr(e, "stage", None) for e in events]
     assert "forest" in stages and result.best_model.exists()
+    from napari_unet.events import Preview
+
+    (preview,) = [e for e in events if isinstance(e, Preview)]
+    assert preview.labels.shape == labels.shape and dice(preview.labels > 0, labels > 0) > 0.7
     note = next(e.message for e in events if getattr(e, "stage", None) == "train")
     assert "every stroke" in note
     with pytest.raises(ConfigError, match="scribble_prior"):

@@ -357,3 +357,53 @@ def test_widgets_show_the_configs_defaults_and_choices(make_napari_viewer):
     config = seg._config(meta, layer)
     assert config.replace(mode="auto", axes=None) == defaults
     assert config.mode == "instances"
+
+
+def test_scribbles_show_the_pixel_classifier_preview_first(make_napari_viewer, qtbot,
+                                                           tmp_path):
+    """With the forest prior, a preview of the whole image appears before the network's
+    first epoch, and a stack with a 2D model trains on its painted slices."""
+    from napari_unet.events import EpochEnd
+
+    viewer = make_napari_viewer()
+    image, labels = synthetic_nuclei((3, 96, 96), radius=(6, 9), seed=5)
+    marks = np.zeros(labels.shape, np.uint8)
+    marks[1][labels[1] > 0] = 2  # one painted slice: objects ...
+    marks[1, ::12][labels[1, ::12] == 0] = 1  # ... and background lines
+    img_layer = viewer.add_image(image, name="stack")
+    lab_layer = viewer.add_labels(marks, name="strokes")
+    w = TrainWidget(viewer)
+    w.reset_choices()
+    w.image.value, w.labels.value = img_layer, lab_layer
+    w.dims.value = "3D stack as 2D slices"
+    w.label_mode.value = "scribbles"
+    assert w.scribble_prior.enabled and not w.target.enabled
+    w.scribble_prior.value = "forest"
+    w.depth.value, w.filters.value = 2, 4
+    w.patch.value = "32,32"
+    w.batch_size.value, w.epochs.value, w.steps.value = 2, 1, 2
+    w.device.value = "cpu"
+    w.run_dir.value = str(tmp_path / "run")
+    epochs = []
+    original = _workers.start
+
+    def spy(make, on_event=None, *a, **k):
+        def seen(event):
+            if isinstance(event, EpochEnd):
+                epochs.append(event)
+            if on_event is not None:
+                on_event(event)
+        return original(make, seen, *a, **k)
+
+    w_start = _workers.start
+    _workers.start = spy
+    try:
+        job = w.start()
+        qtbot.waitUntil(lambda: "training preview" in viewer.layers, timeout=60_000)
+        assert not epochs  # the preview came before the first epoch's end
+        _wait(qtbot, job)
+    finally:
+        _workers.start = w_start
+    assert w.result is not None and w.result.stopped == "finished"
+    if w._preview_job is not None:
+        _wait(qtbot, w._preview_job)

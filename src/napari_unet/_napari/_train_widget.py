@@ -191,7 +191,7 @@ class TrainWidget(Container):
     # -- run ---------------------------------------------------------------------------------
     def start(self) -> _workers.Job | None:
         from ..api import train_iter
-        from ..events import EpochEnd, Progress, StageStarted
+        from ..events import EpochEnd, Preview, Progress, StageStarted
 
         if self.job is not None and self.job.running:
             show_info("napari-unet: training is already running")
@@ -231,6 +231,11 @@ class TrainWidget(Container):
             elif isinstance(event, Progress):
                 self.progress.value = event.done
                 self.status.value = event.message
+            elif isinstance(event, Preview):
+                # The pixel classifier's classes of the whole image, seconds after Train.
+                self._show_preview(event.labels, layer_geometry(
+                    image_layer, event.labels.ndim, None))
+                self.status.value = "preview: pixel classifier (the network trains on)"
             elif isinstance(event, EpochEnd):
                 self.plot.add("train loss", event.epoch, event.train_loss)
                 self.plot.add("val loss", event.epoch, event.val_loss)
@@ -315,20 +320,20 @@ class TrainWidget(Container):
         axes = None
         if layer.rgb:
             axes = "YXC" if crop.ndim == 3 else "ZYXC"
-        config = PredictConfig(mode="instances" if self.label_mode.value == "instances"
-                               else "semantic", axes=axes, device=self.device.value)
+        config = PredictConfig(axes=axes, device=self.device.value)
 
         def make(job):
             return predict_iter(str(model_path), crop, None, config, cancel=job.is_cancelled)
 
-        def on_done(result):
-            if self._preview_layer is None or self._preview_layer not in self.viewer.layers:
-                self._preview_layer = self.viewer.add_labels(
-                    result, name=unique_name(self.viewer, "training preview"), opacity=0.5,
-                    **geometry)
-            else:
-                self._preview_layer.data = result
-                self._preview_layer.translate = geometry["translate"]
-
-        self._preview_job = _workers.start(make, on_done=on_done)
+        self._preview_job = _workers.start(make, on_done=lambda r: self._show_preview(r, geometry))
         self._preview_started = time.monotonic()
+
+    def _show_preview(self, labels: Any, geometry: dict[str, Any]) -> None:
+        """The training preview layer (made once, then its data replaced)."""
+        if self._preview_layer is None or self._preview_layer not in self.viewer.layers:
+            self._preview_layer = self.viewer.add_labels(
+                labels, name=unique_name(self.viewer, "training preview"), opacity=0.5,
+                **geometry)
+        else:
+            self._preview_layer.data = labels
+            self._preview_layer.translate = geometry["translate"]

@@ -89,11 +89,12 @@ CONFIDENCE = 0.8
 
 
 def forest_pseudo_labels(pairs: Sequence[Any], confidence: float = CONFIDENCE,
-                         seed: int = 0) -> list[Any]:
+                         seed: int = 0) -> tuple[list[Any], list[np.ndarray]]:
     """Fit a :class:`PixelClassifier` to the scribbles of training ``pairs``
     (:class:`~.data.TrainPair` held in memory) and return copies of the pairs whose labels
     hold its confident predictions where nothing is painted (painted voxels keep their
-    value); the pairs given are left as they are (they may also be the validation)."""
+    value) -- the pairs given are left as they are (they may also be the validation) -- and
+    the forest's class of every voxel of each pair (0 = the first class, background)."""
     for p in pairs:
         if not isinstance(p.image, np.ndarray) or not isinstance(p.labels, np.ndarray):
             raise ValueError(
@@ -101,9 +102,10 @@ def forest_pseudo_labels(pairs: Sequence[Any], confidence: float = CONFIDENCE,
                 "train without it (scribble_prior='none') on larger data")
     images = [p.norm.apply(p.image, channel_axis=0) for p in pairs]
     forest = PixelClassifier(seed=seed).fit(images, [p.labels for p in pairs])
-    out = []
+    out, classes = [], []
     for p, image in zip(pairs, images, strict=True):
         proba = forest.predict_proba(image)
+        classes.append(proba.argmax(axis=0).astype(np.uint8))
         sure = proba.max(axis=0) >= confidence
         guess = (proba.argmax(axis=0) + 1).astype(p.labels.dtype)
         labels = np.where(p.labels > 0, p.labels, np.where(sure, guess, 0))
@@ -112,4 +114,4 @@ def forest_pseudo_labels(pairs: Sequence[Any], confidence: float = CONFIDENCE,
         if len(fg) > 20_000:
             fg = fg[np.random.default_rng(seed).choice(len(fg), 20_000, replace=False)]
         out.append(dataclasses.replace(p, labels=labels, foreground=fg))
-    return out
+    return out, classes

@@ -12,7 +12,7 @@ import torch
 
 from .. import postprocess
 from ..config import ModelConfig, TrainConfig
-from ..events import StageStarted
+from ..events import Preview, StageStarted
 from ..inference.device import select_device, select_precision
 from ..io import InputError
 from ..model.checkpoint import load_model
@@ -183,9 +183,11 @@ def prepare_run(train_data: Sequence[Any], val_data: Sequence[Any] | None,
 
         yield StageStarted("forest", message="pixel classifier on the scribbles")
         try:
-            train_pairs = forest_pseudo_labels(train_pairs, seed=config.seed)
+            train_pairs, classes = forest_pseudo_labels(train_pairs, seed=config.seed)
         except ValueError as err:
             raise InputError(str(err)) from err
+        if len(classes) == 1:  # one image (a widget's layer): shown while the network trains
+            yield Preview("forest", classes[0])
     n_classes = n_classes_for(config.label_mode, max_label)
     model_cfg = _architecture(config, int(train_pairs[0].image.shape[0]), n_classes, init,
                               partial)

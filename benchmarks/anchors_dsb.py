@@ -101,10 +101,24 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print every stored result")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="score the run already in --runs instead of training")
+    parser.add_argument("--score-dir", type=Path,
+                        help="score label TIFFs named by stem (a third-party tool's val "
+                             "predictions, benchmarks/thirdparty) under --name")
+    parser.add_argument("--name", help="the row's name for --score-dir")
     args = parser.parse_args()
     if args.methods:
         train = _dsb.load_split(args.data, "train")
         val = _dsb.load_split(args.data, "val")
+    if args.score_dir is not None:
+        import tifffile
+
+        stems, _, labels, kinds = _dsb.load_split(args.data, "val")
+        preds = [tifffile.imread(args.score_dir / f"{s}.tif") for s in stems]
+        run = args.score_dir.parent / "run.json"
+        meta = json.loads(run.read_text()) if run.exists() else {}
+        name = args.name or args.score_dir.parent.name
+        score(name, preds, labels, kinds, stems,
+              budget=f"{meta.get('train_minutes', float('nan')):.0f} min", **meta)
     for method in args.methods:
         if method == "otsu":
             score("otsu", [otsu_baseline(i) for i in val[1]], val[2], val[3], val[0])

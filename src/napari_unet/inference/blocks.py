@@ -207,9 +207,8 @@ def read_block(
     if direct is not None:
         x = direct(index)
     else:
-        # Synchronous: dask's thread pool per block (and reading in larger dask chunks) was
-        # measured to raise the peak memory with the volume's size (1.16x -> 1.51x from 32 MB
-        # to 1 GB) for no clear gain on an H200 host (3D 34 -> 36, 2D 27 -> 20 Mvox/s).
+        # Synchronous: dask's thread pool per block made the peak memory grow with the
+        # volume for no clear gain (benchmarks/README.md, memory).
         x = np.asarray(canonical[index].compute(scheduler="synchronous"))
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         where = ", ".join(f"{s.start}:{s.stop}" for s in in_region)

@@ -42,10 +42,9 @@ def inference_module(module: torch.nn.Module, device: torch.device,
     every batch norm that directly follows a convolution inside an ``nn.Sequential`` folded
     into that convolution's weights and bias.
 
-    Folding computes the same function with one pass over each activation less: measured
-    1.03-1.25x faster 3D forward passes on this CPU (fp32 and bf16; ~1.03x in 2D, where the
-    convolutions are wider), outputs equal within float rounding (2e-5 on logits of magnitude
-    ~10).  A module with something to fold is copied and
+    Folding computes the same function with one pass over each activation less (faster
+    forward passes, outputs equal within float rounding; benchmarks/README.md).  A module
+    with something to fold is copied and
     left as it was (mode, device and weights); any other module runs as it is.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval

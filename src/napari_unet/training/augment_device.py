@@ -1,8 +1,7 @@
 """The augmentation of :mod:`.augment` applied to a whole batch on the training device.
 
-On a GPU the model trains faster than the CPU threads can resample patches one by one (an
-H200 measured 1500 2D / 210 3D patches/s for the benchmark models against 520 / 66 per CPU
-thread).  The patch threads then only cut the regions around the patches and draw the random
+On a GPU the model trains faster than the CPU threads can resample patches one by one (the
+H200 figures are in benchmarks/README.md).  The patch threads then only cut the regions around the patches and draw the random
 choices (:class:`~.augment.Draw`); the resampling and the intensity changes of the whole batch
 run here, as a handful of tensor operations.
 

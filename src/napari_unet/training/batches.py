@@ -34,19 +34,18 @@ def patch_pipeline(device, cpus: int | None = None, on_device: bool = False
 
     On the CPU the model's own threads use every core during a step, so patch threads running
     alongside only take time from them (and hold up the others at their next barrier):
-    measured on 2 cores, cutting each batch between steps, its patches spread over the cores,
-    was faster than working ahead (3D, per round: 0.93-0.97 vs 0.87-0.92 of a bare loop).
-    This assumes torch uses every core, as it does by default.  On a GPU the cores are idle
+    cutting each batch between steps, its patches spread over the cores, is faster than
+    working ahead (benchmarks/training_throughput.py).  This assumes torch uses every core,
+    as it does by default.  On a GPU the cores are idle
     while it computes, and a 3D batch of augmented patches costs about as much CPU time as
     several GPU steps, so one thread per spare core (up to 8) works ahead.
     """
     cpus = cpus if cpus is not None else (os.cpu_count() or 2)
     if getattr(device, "type", str(device)) == "cpu":
         return int(min(8, max(1, cpus))), 0
-    # Augmenting on the device, a thread only cuts regions (measured 2900 2D / 340 3D per
-    # second and thread against the 1700 / 220 patches/s an H200 trains the benchmark models
-    # on): a few threads suffice, and more only compete for the interpreter with the thread
-    # that drives the GPU.
+    # Augmenting on the device, a thread only cuts regions, faster than a GPU trains on them:
+    # a few threads suffice, and more only compete for the interpreter with the thread that
+    # drives the GPU.
     threads = int(min(4 if on_device else 8, max(2, cpus - 1)))
     return threads, threads
 

@@ -1,9 +1,9 @@
 """The augmentation of :mod:`.augment` applied to a whole batch on the training device.
 
 On a GPU the model trains faster than the CPU threads can resample patches one by one (the
-H200 figures are in benchmarks/README.md).  The patch threads then only cut the regions around the patches and draw the random
-choices (:class:`~.augment.Draw`); the resampling and the intensity changes of the whole batch
-run here, as a handful of tensor operations.
+H200 figures are in benchmarks/README.md).  The patch threads then only cut the regions around
+the patches and draw the random choices (:class:`~.augment.Draw`); the resampling and the
+intensity changes of the whole batch run here, as a handful of tensor operations.
 
 The result follows the same choices as the CPU path: the same coordinate map (linear for the
 image, nearest for the target; out-of-region samples mirrored at the region's border, as

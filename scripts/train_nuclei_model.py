@@ -130,6 +130,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _dsb import load_split, to_gray, to_rgb  # noqa: E402  (DSB helpers shared with benchmarks)
 
 import napari_unet as nu
+from napari_unet.cli import add_config_options, config_changes
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.evaluation import compare, evaluate, otsu_baseline
 from napari_unet.events import EpochEnd, StageStarted
@@ -204,54 +205,33 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=50.0,
                         help="wall-clock budget for training (early stopping may end it sooner)")
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--init", help="start from this model (fine-tuning)")
-    parser.add_argument("--lr", type=float, help="learning rate (default: the config's)")
-    parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    parser.add_argument("--plateau-patience", type=int,
-                        help="epochs without progress before the learning rate is halved")
-    parser.add_argument("--invert", choices=["never", "always", "auto"],
-                        help="intensity inversion (default: the config's, auto)")
-    parser.add_argument("--patch", type=int, help="square patch size (default: the config's)")
-    parser.add_argument("--batch-size", type=int, help="patches per step (default: the config's)")
-    parser.add_argument("--pair-sampling", choices=["by_size", "uniform"],
-                        help="how often each image is drawn (default: the config's, uniform)")
     parser.add_argument("--zoom", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="range of the random scaling (default: the config's)")
-    parser.add_argument("--depth", type=int, help="U-Net levels (default: the config's, 4)")
-    parser.add_argument("--base-filters", type=int,
-                        help="filters of the first level (default: the config's, 16)")
-    parser.add_argument("--core", type=float,
-                        help="seeds are object cores: TrainConfig.core (default: the config's)")
-    parser.add_argument("--loss", choices=["auto", "ce_dice", "ce", "dice", "focal"],
-                        help="training loss (default: the config's, auto = CE + Dice)")
-    parser.add_argument("--class-weights", choices=["auto", "none"],
-                        help="cross-entropy class weights (default: the config's, auto)")
     parser.add_argument("--rgb", action="store_true",
                         help="three colour input channels (gray images repeated) instead of gray")
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument("--install", action="store_true",
                         help="copy the selected model into the package as the default model")
+    # Every TrainConfig option as a flag (--lr, --schedule, --epochs, --init, --target ...),
+    # defaults from CONFIG below.
+    add_config_options(parser, TrainConfig)
+    add_config_options(parser, ModelConfig, prefix="model.")
     args = parser.parse_args()
 
     global CONFIG
-    if args.init:
-        args.init = add_contact_class(args.init, args.run)
+    init = args.init_model
+    if init:
+        init = add_contact_class(init, args.run)
         if args.rgb:
-            args.init = widen_to_rgb(args.init, args.run)
-    given = {"init_model": args.init, "lr": args.lr, "patience": args.patience,
-             "plateau_patience": args.plateau_patience,
-             "invert": args.invert, "pair_sampling": args.pair_sampling,
-             "patch_size": (args.patch, args.patch) if args.patch else None,
-             "batch_size": args.batch_size, "core": args.core,
-             "class_weights": args.class_weights, "loss": args.loss,
-             "zoom": tuple(args.zoom) if args.zoom else None}
-    changes = {k: v for k, v in given.items() if v is not None}
-    arch = {k: v for k, v in (("depth", args.depth), ("base_filters", args.base_filters))
-            if v is not None}
+            init = widen_to_rgb(init, args.run)
+    changes = config_changes(args, TrainConfig)
+    if init:
+        changes.update(init_model=init, epochs=changes.get("epochs", 400))
+    if args.zoom:
+        changes["zoom"] = tuple(args.zoom)
+    arch = config_changes(args, ModelConfig, prefix="model.")
     if arch:
         changes["model"] = CONFIG.model.replace(**arch)
-    if args.init:
-        changes["epochs"] = 400
     CONFIG = CONFIG.replace(**changes)
     _, train_images, train_labels, _ = load_split(args.data, "train")
     val_stems, val_images, val_labels, _ = load_split(args.data, "val")

@@ -46,6 +46,8 @@ def int_tuple(value: Any, name: str, length: int | None = None) -> tuple[int, ..
         out = tuple(int(v) for v in value)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name} must be a sequence of integers, got {value!r}") from err
+    if length is not None and len(out) == 1:
+        out = out * length  # one value for every axis
     if length is not None and len(out) != length:
         raise ConfigError(f"{name} must have {length} values (one per spatial axis), got {out}")
     return out

@@ -127,6 +127,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import torch
 from _dsb import load_split, to_gray, to_rgb  # noqa: E402  (DSB helpers shared with benchmarks)
 
 import napari_unet as nu
@@ -198,6 +199,23 @@ def add_contact_class(init: str, run: Path) -> str:
                          "init_contact.safetensors")
 
 
+def to_distance_head(init: str, run: Path) -> str:
+    """A 4-class model (background / interior / boundary / contact) with a distance head:
+    the foreground logit starts as the mean object class minus background, the distance logit
+    as interior (the core) minus the rest of the object -- linear guesses that start
+    fine-tuning near the old model's answers."""
+    old = nu.load_model(init)
+    if old.config.out_channels != 4:
+        return init
+    state = old.state_dict()
+    for key in ("head.weight", "head.bias"):
+        w = state[key]
+        state[key] = torch.stack([w[1:].mean(0) - w[0], w[1] - w[2:].mean(0)])
+    meta_keys = ("class_names",)
+    return _save_widened(old, old.config.replace(out_channels=2), state, run,
+                         "init_distance.safetensors", drop=meta_keys)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/dsb2018", type=Path)
@@ -222,6 +240,8 @@ def main() -> None:
     init = args.init_model
     if init:
         init = add_contact_class(init, args.run)
+        if args.target == "distance":
+            init = to_distance_head(init, args.run)
         if args.rgb:
             init = widen_to_rgb(init, args.run)
     changes = config_changes(args, TrainConfig)
@@ -259,9 +279,9 @@ def main() -> None:
 
     model = nu.load_model(args.run / "best.safetensors")
     model.metadata["rgb_to_gray"] = not args.rgb
-    if CONFIG.core > 0:
+    if CONFIG.core > 0 and CONFIG.target == "classes":
         # How far seeds regrow, by the training code's current rule (runs made before it
-        # changed stored another value).
+        # changed stored another value; distance models chose theirs with their seeds).
         model.metadata["grow"] = grow_distance(
             [make_target(lab, "instances", CONFIG.boundary_width, CONFIG.core)
              for lab in train_labels], CONFIG.boundary_width)

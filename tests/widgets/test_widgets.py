@@ -407,3 +407,33 @@ def test_scribbles_show_the_pixel_classifier_preview_first(make_napari_viewer, q
     assert w.result is not None and w.result.stopped == "finished"
     if w._preview_job is not None:
         _wait(qtbot, w._preview_job)
+
+
+def test_train_widget_fine_tunes_a_model_from_scribbles(make_napari_viewer, qtbot, tmp_path):
+    """'start from' a registered instance model: scribbles keep its classes and its
+    architecture (the widget's depth and filters are disabled)."""
+    viewer = make_napari_viewer()
+    base = nu.save_model(tiny_unet(2, out_channels=4), tmp_path / "inst.safetensors",
+                         label_mode="instances", grow=4)
+    name = registry.add("tiny instances (test)", base)
+    image, labels = synthetic_nuclei((96, 96), radius=(6, 9), seed=6)
+    marks = np.where(labels > 0, 2, 0).astype(np.uint8)
+    marks[::10][labels[::10] == 0] = 1
+    img_layer = viewer.add_image(image, name="img")
+    lab_layer = viewer.add_labels(marks, name="strokes")
+    w = TrainWidget(viewer)
+    w.reset_choices()
+    w.image.value, w.labels.value = img_layer, lab_layer
+    w.label_mode.value = "scribbles"
+    w.init.reset_choices()
+    w.init.value = name
+    assert not w.depth.enabled
+    w.patch.value = "32,32"
+    w.batch_size.value, w.epochs.value, w.steps.value = 2, 1, 2
+    w.device.value = "cpu"
+    w.run_dir.value = str(tmp_path / "run")
+    _wait(qtbot, w.start())
+    model = nu.load_model(w.result.last_model)
+    assert model.config.out_channels == 4 and model.metadata["label_mode"] == "instances"
+    if w._preview_job is not None:
+        _wait(qtbot, w._preview_job)

@@ -37,6 +37,7 @@ from ._registry import registry
 __all__ = ["TrainWidget", "DIMS_2D", "DIMS_3D", "DIMS_SLICES"]
 
 DIMS_2D, DIMS_3D, DIMS_SLICES = "2D", "3D", "3D stack as 2D slices"
+NEW_MODEL, FILE_CHOICE = "new model", "model file..."
 # Default 3D patch of the widget (fitted to the image): thin z, as most stacks are.
 PATCH_3D = (32, 96, 96)
 
@@ -70,6 +71,10 @@ class TrainWidget(Container):
         self.target = option_widget(defaults, "target")
         self.core = option_widget(defaults, "core")
         self.scribble_prior = option_widget(defaults, "scribble_prior")
+        self.init = ComboBox(label="start from", choices=self._init_choices,
+                             tooltip=options_of(TrainConfig)["init_model"][1].help)
+        self.init_file = FileEdit(label="model file", mode="r", filter="*.safetensors",
+                                  visible=False)
         self.dims = ComboBox(label="model", value=DIMS_2D,
                              choices=[DIMS_2D, DIMS_3D, DIMS_SLICES])
         self.depth = option_widget(model, "depth")
@@ -105,7 +110,8 @@ class TrainWidget(Container):
                                         enabled=False)
         self.extend([
             self.image, self.labels, self.label_mode, self.target, self.core,
-            self.scribble_prior, self.dims, self.depth, self.filters, self.patch,
+            self.scribble_prior, self.init, self.init_file, self.dims, self.depth,
+            self.filters, self.patch,
             self.batch_size, self.epochs, self.steps, self.lr, self.schedule, self.loss,
             self.augment, self.invert, self.device, self.run_dir, self.resume, self.preview,
             self.start_button, self.stop_button, self.progress, self.status,
@@ -114,6 +120,10 @@ class TrainWidget(Container):
         self.plot = CurvePlot()
         self.native.layout().addWidget(self.plot)
         self.image.changed.connect(self._default_dims)
+        self.init.changed.connect(self._init_changed)
+        registry.changed.connect(self._refresh_init)
+        self.native.destroyed.connect(
+            lambda *_: registry.changed.disconnect(self._refresh_init, missing_ok=True))
         self.label_mode.changed.connect(self._label_mode_changed)
         self.target.changed.connect(self._label_mode_changed)
         self.start_button.changed.connect(self.start)
@@ -127,6 +137,34 @@ class TrainWidget(Container):
         self._export_job: _workers.Job | None = None
         self._default_dims(self.image.value)
         self._update_export()
+
+    # -- the model to start from ---------------------------------------------------------------
+    def _init_choices(self, *_: Any) -> list[str]:
+        return [NEW_MODEL, *registry.choices(), FILE_CHOICE]
+
+    def _refresh_init(self) -> None:
+        self.init.reset_choices()
+
+    def _init_changed(self, value: Any) -> None:
+        self.init_file.visible = value == FILE_CHOICE
+        fresh = value == NEW_MODEL  # a model to fine-tune brings its architecture
+        for w in (self.depth, self.filters):
+            w.enabled = fresh
+
+    def init_model(self) -> str | None:
+        """The file of the model to fine-tune, or None for a new model."""
+        value = self.init.value
+        if value in (None, NEW_MODEL):
+            return None
+        if value == FILE_CHOICE:
+            path = Path(str(self.init_file.value))
+            if not path.is_file():
+                raise InputError("choose the model file to start from (.safetensors)")
+            return str(path)
+        path = registry.path(value)
+        if path is None:
+            raise InputError(f"model {value!r} is not available; choose another to start from")
+        return str(path)
 
     def _label_mode_changed(self, *_: Any) -> None:
         """Options that apply to one label mode (or target) only are enabled for it."""
@@ -167,8 +205,17 @@ class TrainWidget(Container):
             raise InputError(f"a 3D model needs a 3D image; {image.name!r} is {len(spatial)}D")
         if dims == DIMS_SLICES and len(spatial) != 3:
             raise InputError("'3D stack as 2D slices' needs a 3D image")
-        model = ModelConfig(spatial_dims=sd, depth=int(self.depth.value),
-                            base_filters=int(self.filters.value))
+        init = self.init_model()
+        if init is None:
+            model = ModelConfig(spatial_dims=sd, depth=int(self.depth.value),
+                                base_filters=int(self.filters.value))
+        else:  # fine-tuning: the architecture is the model's (read from its header)
+            from ..model.checkpoint import read_metadata
+
+            model = ModelConfig.from_dict(read_metadata(init)["model"])
+            if model.spatial_dims != sd:
+                raise InputError(f"the model to start from is {model.spatial_dims}D; choose "
+                                 f"{'2D' if model.spatial_dims == 2 else '3D'} or another model")
         patch_spatial = spatial[-sd:]
         patch = parse_ints(self.patch.value)
         if patch is None:
@@ -184,6 +231,7 @@ class TrainWidget(Container):
             values["target"] = "classes"
         config = TrainConfig.preset(
             "interactive", model=model, patch_size=patch, **values,
+            init_model=init,
             anisotropic=sd == 3 and float(image.scale[-3]) > 1.5 * float(image.scale[-1]),
         )
         return config, img, lab, dims

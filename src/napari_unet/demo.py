@@ -169,6 +169,7 @@ def _train_then_segment(out: Path, quick: bool, emit: Callable[[Any], None]) -> 
         model=ModelConfig(spatial_dims=3, depth=2, base_filters=8, norm="batch"),
         label_mode="instances", patch_size=(32, 64, 64), batch_size=2,
         epochs=3 if quick else 8, steps_per_epoch=20 if quick else 25, lr=3e-3,
+        schedule="plateau",
         val_patches=8, boundary_width=2, seed=0,
     )
     run_dir = out / "model"

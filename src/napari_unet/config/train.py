@@ -64,14 +64,16 @@ class TrainConfig(Config):
     epochs: int = option(50, "Epochs (the per-step schedules decay over all of them).", low=1)
     steps_per_epoch: int = option(50, "Optimiser steps per epoch (validation after each).",
                                   low=1, flag="--steps", label="steps / epoch")
-    lr: float = option(1e-4, "Adam learning rate (the peak, for the per-step schedules).",
+    lr: float = option(2e-3, "Adam learning rate (the peak, for the per-step schedules); "
+                             "fine-tuning a model (init_model) wants about a tenth.",
                        low=0.0, open_low=True, label="learning rate")
     schedule: str = option(
-        "plateau", "Learning-rate schedule.  'plateau': lr halved after plateau_patience "
-                   "epochs without a better validation Dice.  'cosine': linear warm-up over "
-                   "the first 5 % of the steps, then cosine decay to 0 at the last step.  "
-                   "'onecycle': from lr / 25 up to lr over the first 30 %, then cosine decay "
-                   "to lr / 10^4.", choices=SCHEDULES)
+        "onecycle", "Learning-rate schedule.  'onecycle': from lr / 25 up to lr over the first "
+                    "30 % of the steps, then cosine decay to lr / 10^4 (trained the best DSB "
+                    "2018 model from scratch at equal budget, benchmarks/README.md).  "
+                    "'cosine': linear warm-up over the first 5 %, then cosine decay to 0 at "
+                    "the last step.  'plateau': lr halved after plateau_patience epochs "
+                    "without a better validation Dice.", choices=SCHEDULES)
     loss: str = option("auto", "'auto': BCE + Dice for binary problems, cross-entropy + Dice "
                                "otherwise.", choices=LOSSES)
     class_weights: str = option(

@@ -19,8 +19,9 @@ def _train(out: Path, epochs: int) -> None:
 
     _, images, labels = load("train")
     _, vimg, vlab = load("val")
+    # A random network (no pretrained weights); 17 px, Cellpose's diameter for nuclei.
     model = models.CellposeModel(gpu=False, pretrained_model=False, model_type=None,
-                                 diam_mean=30.0)
+                                 diam_mean=17.0)
     train.train_seg(model.net, train_data=images, train_labels=labels, test_data=vimg,
                     test_labels=vlab, channels=[0, 0], normalize=True, n_epochs=epochs,
                     learning_rate=0.005, weight_decay=1e-5, batch_size=8, save_path=str(out),

@@ -27,6 +27,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from ..config import DEVICES, ModelConfig, TrainConfig, options_of, parse_ints
+from ..config.train import DEFAULT_PATCH
 from ..errors import InputError, NapariUnetError
 from . import _workers
 from ._config_widgets import option_value, option_widget
@@ -38,8 +39,6 @@ __all__ = ["TrainWidget", "DIMS_2D", "DIMS_3D", "DIMS_SLICES"]
 
 DIMS_2D, DIMS_3D, DIMS_SLICES = "2D", "3D", "3D stack as 2D slices"
 NEW_MODEL, FILE_CHOICE = "new model", "model file..."
-# Default 3D patch of the widget (fitted to the image): thin z, as most stacks are.
-PATCH_3D = (32, 96, 96)
 
 
 def _auto_patch(shape: tuple[int, ...], multiple: tuple[int, ...], wanted: tuple[int, ...]
@@ -81,8 +80,8 @@ class TrainWidget(Container):
         self.filters = option_widget(model, "base_filters")
         self.patch = LineEdit(label="patch", value="auto",
                               tooltip="patch per axis, e.g. 256,256 or 32,96,96; auto: "
-                                      f"{defaults.patch_size} (2D) or {PATCH_3D} (3D), fitted "
-                                      "to the image")
+                                      f"{DEFAULT_PATCH[2]} (2D) or {DEFAULT_PATCH[3]} (3D), "
+                                      "fitted to the image")
         self.batch_size = option_widget(defaults, "batch_size")
         self.epochs = option_widget(defaults, "epochs")
         self.steps = option_widget(defaults, "steps_per_epoch")
@@ -219,7 +218,7 @@ class TrainWidget(Container):
         patch_spatial = spatial[-sd:]
         patch = parse_ints(self.patch.value)
         if patch is None:
-            wanted = TrainConfig().patch_size if sd == 2 else PATCH_3D
+            wanted = DEFAULT_PATCH[sd]
             patch = _auto_patch(patch_spatial, model.size_multiple, wanted)
         values = {name: option_value(getattr(self, attr), TrainConfig, name) for attr, name in (
             ("label_mode", "label_mode"), ("target", "target"), ("core", "core"),

@@ -11,7 +11,8 @@ from .model import ModelConfig
 from .predict import PRECISIONS
 
 __all__ = ["TrainConfig", "LABEL_MODES", "LOSSES", "INVERT_MODES", "PAIR_SAMPLINGS",
-           "SCHEDULES", "TARGETS", "SCRIBBLE_PRIORS", "CLASS_WEIGHTS", "PRESETS"]
+           "SCHEDULES", "TARGETS", "SCRIBBLE_PRIORS", "CLASS_WEIGHTS", "PRESETS",
+           "DEFAULT_PATCH"]
 
 LABEL_MODES = ("instances", "classes", "scribbles")
 TARGETS = ("classes", "distance")
@@ -21,6 +22,9 @@ CLASS_WEIGHTS = ("auto", "none")
 INVERT_MODES = ("never", "always", "auto")
 PAIR_SAMPLINGS = ("by_size", "uniform")
 SCHEDULES = ("plateau", "cosine", "onecycle")
+
+# The training patch where none is given, by spatial dimensions.
+DEFAULT_PATCH = {2: (256, 256), 3: (32, 96, 96)}
 
 # Named sets of changes to the defaults, for the widget and the console alike:
 # ``TrainConfig.preset("interactive")``.
@@ -57,9 +61,10 @@ class TrainConfig(Config):
                 "classifier fitted to the strokes in seconds (multiscale filter features, as "
                 "ilastik) labels the unpainted voxels it is confident about, and the network "
                 "learns those too.", choices=SCRIBBLE_PRIORS)
-    patch_size: tuple[int, ...] = option(
-        (256, 256), "Training patch per spatial axis; a multiple of the model's pooling "
-                    "product (2**depth).", flag="--patch", parse=parse_ints, label="patch")
+    patch_size: tuple[int, ...] | None = option(
+        None, "Training patch per spatial axis; a multiple of the model's pooling product "
+              "(2**depth).  None: 256 x 256 in 2D, 32 x 96 x 96 in 3D (thin in z, as most "
+              "stacks are).", flag="--patch", parse=parse_ints, label="patch")
     batch_size: int = option(8, "Patches per optimiser step.", low=1)
     epochs: int = option(50, "Epochs (the per-step schedules decay over all of them).", low=1)
     steps_per_epoch: int = option(50, "Optimiser steps per epoch (validation after each).",
@@ -151,7 +156,8 @@ class TrainConfig(Config):
         if self.target != "classes" and self.label_mode != "instances":
             raise ConfigError(f"target={self.target!r} needs label_mode='instances' (dense "
                               f"instance labels), got label_mode={self.label_mode!r}")
-        patch = int_tuple(self.patch_size, "patch_size", self.model.spatial_dims)
+        patch = int_tuple(self.patch_size or DEFAULT_PATCH[self.model.spatial_dims],
+                          "patch_size", self.model.spatial_dims)
         self._set("patch_size", patch)
         multiple = self.model.size_multiple
         if any(p % m for p, m in zip(patch, multiple, strict=True)):

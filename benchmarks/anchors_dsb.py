@@ -38,7 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "anchors_dsb"
 BASE = TrainConfig(
     model=ModelConfig(spatial_dims=2, depth=4, base_filters=16),
     patch_size=(128, 128), batch_size=16, steps_per_epoch=40, pair_sampling="uniform",
-    invert="auto", precision="bf16",
+    invert="auto", precision="auto",
 )
 RECIPES: dict[str, dict] = {
     # TrainConfig's defaults (one-cycle at 2e-3, chosen from the rows below).

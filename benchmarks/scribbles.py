@@ -143,7 +143,7 @@ def train_config(ndim: int, method: str, init: str | None, steps: int) -> TrainC
     lr = TrainConfig().lr if init is None and method != "unet-builtin" else 2e-4
     return cfg.replace(label_mode="scribbles", epochs=max(1, steps // per_epoch),
                        steps_per_epoch=per_epoch, val_patches=8, patience=10**6, lr=lr,
-                       schedule="onecycle", precision="bf16", device="cpu",
+                       schedule="onecycle", precision="auto", device="cpu",
                        scribble_prior="forest" if method == "unet-forest" else "none",
                        init_model=init)
 

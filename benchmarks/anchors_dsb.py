@@ -46,7 +46,8 @@ RECIPES: dict[str, dict] = {
     # The former defaults: lr 1e-4 halved after 5 epochs without progress, 32 val patches.
     "plateau-lr1e-4": {"lr": 1e-4, "schedule": "plateau"},
     "plateau-lr1e-3": {"lr": 1e-3, "schedule": "plateau"},
-    "plateau-lr1e-3-val128-p10": {"lr": 1e-3, "schedule": "plateau", "val_patches": 128, "plateau_patience": 10},
+    "plateau-lr1e-3-val128-p10": {"lr": 1e-3, "schedule": "plateau", "val_patches": 128,
+                                  "plateau_patience": 10},
     "cosine-lr1e-3": {"lr": 1e-3, "schedule": "cosine"},
     "onecycle-lr2e-3": {"lr": 2e-3, "schedule": "onecycle"},
     # Instance targets and colour, at the schedule measured best above.

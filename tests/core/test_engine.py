@@ -602,3 +602,18 @@ def test_regrowth_keeps_the_chunks_it_is_stored_in():
     seeds = postprocess.seed_labels(classes, "instances")
     grown = postprocess.grow_instances(seeds, classes, "instances", expand=9)
     assert grown.chunks == seeds.chunks == ((32, 32, 6), (32, 32))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_uses_bf16_only_where_the_cpu_computes_it(monkeypatch, native):
+    from napari_unet.inference import device as dev
+
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert dev.select_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert dev.select_precision("fp32", cpu) == "fp32"
+    if native:
+        assert dev.select_precision("bf16", cpu) == "bf16"
+    else:
+        with pytest.warns(UserWarning, match="emulated"):
+            assert dev.select_precision("bf16", cpu) == "bf16"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -107,7 +108,14 @@ def cpu_has_fast_bf16() -> bool:
 
 def select_precision(precision: str, device: torch.device) -> str:
     """Resolve ``"auto"``: bf16 (or fp16 where bf16 is missing) on a GPU; on the CPU bf16
-    where the processor computes it natively, else fp32."""
+    where the processor computes it natively, else fp32.  An explicit bf16 on a CPU without
+    it is kept, with a warning: it is emulated there, many times slower than fp32."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        warnings.warn(
+            "precision='bf16' on a CPU without native bf16 (AVX512-BF16 / AMX): autocast is "
+            "emulated and many times slower than fp32 here; use precision='auto' or 'fp32'",
+            stacklevel=2,
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":

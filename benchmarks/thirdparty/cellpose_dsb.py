@@ -25,7 +25,7 @@ def _train(out: Path, epochs: int) -> None:
     train.train_seg(model.net, train_data=images, train_labels=labels, test_data=vimg,
                     test_labels=vlab, channels=[0, 0], normalize=True, n_epochs=epochs,
                     learning_rate=0.005, weight_decay=1e-5, batch_size=8, save_path=str(out),
-                    save_every=1, model_name="dsb_scratch", nimg_per_epoch=64,
+                    save_every=1, save_each=True, model_name="dsb_scratch", nimg_per_epoch=64,
                     min_train_masks=1)
 
 
@@ -47,7 +47,13 @@ def main() -> None:
     weights = sorted((args.out / "models").glob("dsb_scratch*"), key=lambda p: p.stat().st_mtime)
     from cellpose import models
 
-    model = models.CellposeModel(gpu=False, pretrained_model=str(weights[-1]))
+    # One checkpoint per epoch: the newest may have been cut short by the budget's stop.
+    for w in reversed(weights):
+        try:
+            model = models.CellposeModel(gpu=False, pretrained_model=str(w))
+            break
+        except Exception as exc:  # noqa: BLE001 - a truncated file, try the one before
+            print(f"skipping {w.name}: {exc}")
     stems, images, _ = load("val")
     (args.out / "val").mkdir(exist_ok=True)
     t1 = time.time()
@@ -56,7 +62,7 @@ def main() -> None:
         tifffile.imwrite(args.out / "val" / f"{s}.tif", masks.astype(np.uint32))
     (args.out / "run.json").write_text(json.dumps({
         "train_minutes": minutes, "predict_seconds": time.time() - t1,
-        "weights": str(weights[-1])}))
+        "weights": str(w)}))
 
 
 if __name__ == "__main__":

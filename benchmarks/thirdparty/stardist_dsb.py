@@ -33,7 +33,8 @@ def main() -> None:
     x = [_normalise(i) for i in images]
     xv = [_normalise(i) for i in vimg]
     conf = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=(128, 128),
-                    train_batch_size=8, train_epochs=10_000, train_steps_per_epoch=40)
+                    train_batch_size=8, train_epochs=10_000, train_steps_per_epoch=40,
+                    train_tensorboard=False)
     model = StarDist2D(conf, name="dsb_scratch", basedir=str(args.out))
     deadline = time.time() + 60 * args.minutes
 

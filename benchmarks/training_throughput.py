@@ -112,7 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="auto: bf16 on a GPU and on a CPU that computes it natively")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--diagnose", action="store_true",
@@ -120,6 +121,10 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from napari_unet.inference.device import select_precision
+
+    # Both loops get the same resolved precision (the bare loop has no 'auto').
+    args.precision = select_precision(args.precision, torch.device(args.device))
     work = Path(tempfile.mkdtemp(prefix="nu-train-bench-"))
     rows = []
     for dims in args.dims:

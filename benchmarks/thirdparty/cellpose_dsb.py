@@ -54,6 +54,8 @@ def main() -> None:
             break
         except Exception as exc:  # noqa: BLE001 - a truncated file, try the one before
             print(f"skipping {w.name}: {exc}")
+    else:
+        raise SystemExit(f"no loadable checkpoint in {args.out / 'models'}: train longer")
     stems, images, _ = load("val")
     (args.out / "val").mkdir(exist_ok=True)
     t1 = time.time()

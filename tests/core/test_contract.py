@@ -281,3 +281,13 @@ def test_cli_predict_defaults_to_objects_for_the_builtin_model(tmp_path):
     assert done.returncode == 0, done.stderr
     labels = nu.open_volume(tmp_path / "o.zarr")[0].compute()
     assert labels.dtype == np.uint32 and labels.max() > 3
+
+
+def test_an_unknown_option_names_the_valid_ones():
+    from napari_unet.config import PredictConfig
+    from napari_unet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'overlap'.*valid options"):
+        PredictConfig().replace(overlpa=0.5)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['out'\]"):
+        nu.predict(None, np.zeros((32, 32), np.float32), out="x.zarr")

@@ -79,6 +79,9 @@ class SegmentWidget(Container):
         self.tta = option_widget(defaults, "tta")
         self.per_slice = CheckBox(label="2D model: slice by slice", value=True,
                                   tooltip="run a 2D model on every slice of a 3D stack")
+        self.z_stitch = option_widget(defaults, "z_stitch", label="2D slices in z")
+        self.stitch_threshold = option_widget(defaults, "stitch_threshold",
+                                              label="stitch IoU")
         self.store = ComboBox(label="write to", value="auto",
                               choices=["auto", "memory", "zarr file"],
                               tooltip="auto: in memory for small images, else a zarr store in "
@@ -99,7 +102,7 @@ class SegmentWidget(Container):
         self.extend([
             self.image, self.model, self.model_file, self.mode, self.tile, self.overlap,
             self.batch_size, self.device, self.precision, self.split_touching, self.tta,
-            self.per_slice, self.store,
+            self.per_slice, self.z_stitch, self.stitch_threshold, self.store,
             self.store_path, self.overwrite, self.scheduler, self.view_only, self.run_button,
             self.cancel_button, self.progress, self.status,
         ])
@@ -149,7 +152,7 @@ class SegmentWidget(Container):
                 "slice' or choose a 3D model")
         values = {name: option_value(getattr(self, name), PredictConfig, name) for name in (
             "mode", "tile", "overlap", "batch_size", "device", "precision", "split_touching",
-            "tta")}
+            "tta", "z_stitch", "stitch_threshold")}
         config = PredictConfig(**values, axes=axes, overwrite=bool(self.overwrite.value))
         # The mode the engine would choose for "auto", known here to pick the layer type.
         return config.replace(mode=resolve_mode(config.mode, meta,

@@ -176,6 +176,17 @@ class Config:
         return cls(**dict(data))
 
     def replace(self: T, **changes: Any) -> T:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            import difflib
+
+            hints = [m for u in unknown for m in difflib.get_close_matches(u, names, n=1)]
+            hint = f" (did you mean {', '.join(repr(h) for h in hints)}?)" if hints else ""
+            raise ConfigError(
+                f"{type(self).__name__}: unknown option(s) {unknown}{hint}; valid options are "
+                f"{sorted(names)}"
+            )
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:

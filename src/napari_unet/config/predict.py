@@ -7,13 +7,15 @@ from typing import Any
 
 from ._base import Config, ConfigError, document, int_tuple, option, parse_ints
 
-__all__ = ["PredictConfig", "MODES", "BLENDINGS", "PRECISIONS", "DEVICES", "resolve_mode",
+__all__ = ["PredictConfig", "MODES", "BLENDINGS", "PRECISIONS", "DEVICES", "Z_STITCHES",
+           "resolve_mode",
            "parse_overlap", "parse_batch_size"]
 
 MODES = ("auto", "instances", "semantic", "probabilities", "logits")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BLENDINGS = ("crop", "gaussian", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N"
+Z_STITCHES = ("overlap", "slices", "3d")
 
 
 def resolve_mode(mode: str, metadata: dict[str, Any], out_channels: int) -> str:
@@ -117,6 +119,19 @@ class PredictConfig(Config):
            "see three radii of context: the same result as in one piece for objects up to "
            "twice the radius.  0: connected components of the foreground.", low=0,
         label="split touching (radius)")
+    z_stitch: str = option(
+        "overlap", "Instances of a 2D model on a z stack (slice by slice): 'overlap' links each "
+                   "slice's objects to the object of the slice above that they overlap most "
+                   "(IoU >= stitch_threshold as Cellpose's stitching, or covering half of "
+                   "the smaller one: the end slices of nuclei), one label per 3D object; "
+                   "'slices' keeps slices independent, labels restarting on every slice "
+                   "(unrelated planes); '3d' labels the per-slice classes in 3D as one "
+                   "volume (connected seeds: objects of neighbouring slices merge wherever "
+                   "they touch).", choices=Z_STITCHES)
+    stitch_threshold: float = option(
+        0.25, "z_stitch 'overlap': the least intersection over union with an object of the "
+              "slice above for an object to continue it (else it starts a new one).",
+        low=0.0, high=1.0, open_low=True, widget_step=0.05)
     tta: bool = option(False, "Test-time augmentation: average the logits over mirror images "
                               "along the YX axes (4x the compute; usually a little more "
                               "accurate).")

@@ -23,7 +23,14 @@ from ..config import PredictConfig, resolve_mode
 from ..events import BlockDone, StageStarted
 from ..io import InputError, open_volume
 from .input_digest import input_record
-from .job import array_specs, check_output_path, describe_job, job_normalization, open_job_store
+from .job import (
+    array_specs,
+    check_output_path,
+    describe_job,
+    job_normalization,
+    open_job_store,
+    stitches_slices,
+)
 from .plan import Plan, plan_shapes, recommended_tile
 from .spec import ModelSpec, resolve_model
 
@@ -136,8 +143,11 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
 
     yield StageStarted("normalize", message="computing intensity percentiles")
     norm, norm_record = job_normalization(canonical, n_lead, spec, config, source)
-    # Instance labelling runs per time point; z processed slice by slice is still one volume.
-    frame_shape = lead_shape[:1] if "T" in layout.lead_axes else ()
+    # Instance labelling runs per time point, and per slice where a 2D model's slices are
+    # labelled apart (then linked in z, or left independent: ``z_stitch``).
+    per_slice = stitches_slices(config, layout)
+    frame_shape = lead_shape if per_slice else (lead_shape[:1] if "T" in layout.lead_axes
+                                                else ())
     n_frames = math.prod(frame_shape) if config.mode == "instances" else 0
     model_record = spec.describe()  # hashes the weights: once, however many plans are tried
     if postprocess.output_kind(spec.metadata) == postprocess.DISTANCE_OUTPUT:
@@ -174,10 +184,16 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
         yield from executor.run(todo, len(plan.units) - len(todo), cancel)
         if config.mode == "instances":
             from .labelling import label_frames
+            from .stitching import SLICES_ARRAY, stitch_slices
 
+            link = per_slice and config.z_stitch == "overlap"
             with _scheduler(client):
                 yield from label_frames(store, frame_shape, label_mode, expand,
-                                        config.min_size, cancel, config.split_touching)
+                                        config.min_size, cancel, config.split_touching,
+                                        target=SLICES_ARRAY if link else None)
+            if link:
+                yield from stitch_slices(store, lead_shape, layout.lead_axes.index("Z"),
+                                         config.stitch_threshold, cancel)
     finally:
         del executor  # the engine's copy of the model, before the device's cache is emptied
         release_memory(device)

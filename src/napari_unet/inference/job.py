@@ -19,7 +19,7 @@ from .spec import ModelSpec
 from .store import OutputStore, fingerprint
 
 __all__ = ["job_normalization", "describe_job", "array_specs", "check_output_path",
-           "open_job_store", "FILE_SUFFIXES"]
+           "open_job_store", "stitches_slices", "FILE_SUFFIXES"]
 
 # Outputs are zarr folders (results of any size are written block by block); a path named like
 # an image file is a mistake, not a folder to create.
@@ -73,6 +73,11 @@ def describe_job(model_record: dict[str, Any], array: Any, source: str, layout: 
         job["grow"] = grow
     if config.split_touching and config.mode == "instances":
         job["split_touching"] = config.split_touching
+    if config.mode == "instances" and layout.per_slice:
+        # (jobs that are not 2D-on-a-stack instances keep their fingerprints)
+        job["z_stitch"] = config.z_stitch
+        if config.z_stitch == "overlap":
+            job["stitch_threshold"] = config.stitch_threshold
     if grid.crop:  # (blending jobs keep the fingerprint of earlier versions: they resume)
         job["cell"] = list(grid.cell or ())
     return job
@@ -95,7 +100,19 @@ def array_specs(
     if config.mode == "semantic":
         return {"labels": classes}, "labels"
     labels = dict(shape=classes["shape"], chunks=classes["chunks"], dtype="uint32")
-    return {"semantic": classes, "seeds": labels, "labels": dict(labels)}, "labels"
+    arrays = {"semantic": classes, "seeds": labels, "labels": dict(labels)}
+    if stitches_slices(config, plan.layout) and config.z_stitch == "overlap":
+        from .stitching import SLICES_ARRAY, STITCHED_ARRAY
+
+        arrays[SLICES_ARRAY] = dict(labels)
+        arrays[STITCHED_ARRAY] = dict(shape=lead, chunks=ones, dtype="int64")
+    return arrays, "labels"
+
+
+def stitches_slices(config: PredictConfig, layout: Any) -> bool:
+    """Instances of a 2D model on a z stack, labelled slice by slice (then linked in z, or
+    left independent) rather than as one volume."""
+    return config.mode == "instances" and layout.per_slice and config.z_stitch != "3d"
 
 
 def _check_not_same_path(image: Any, output: Any) -> None:

@@ -68,10 +68,13 @@ def label_frames(
     min_size: int,
     cancel: Callable[[], bool] | None,
     split: int = 0,
+    target: str | None = None,
 ) -> Generator[Any, None, None]:
     """Instance labelling of the stored class map, frame by frame (resumable).  ``split``
     (a radius, models without boundary classes): touching objects are split at the necks of
-    their distance transform (:func:`postprocess.split_classes`) and regrow that far."""
+    their distance transform (:func:`postprocess.split_classes`) and regrow that far.
+    ``target``: the array the labels go to (default: the store's result)."""
+    out = store[target] if target else store.result
     if split and label_mode != postprocess.BOUNDARY_MODE:
         label_mode, expand = postprocess.BOUNDARY_MODE, int(split)
     else:
@@ -108,7 +111,7 @@ def label_frames(
                 seeds, labels = postprocess.instances_in_memory(
                     frame_classes, label_mode, expand, min_size)
                 store["seeds"][(*frame, ...)] = seeds
-                store.result[(*frame, ...)] = labels
+                out[(*frame, ...)] = labels
             else:
                 frame_classes = classes[frame]
                 if split:
@@ -117,6 +120,6 @@ def label_frames(
                 yield Progress("label", 2 * k + 1, 2 * len(frames), "seeds")
                 seeds = da.from_zarr(store["seeds"], chunks=chunks)[frame]
                 put(postprocess.grow_instances(seeds, frame_classes, label_mode, expand,
-                                               min_size), store.result, frame)
+                                               min_size), out, frame)
             store.mark_frame(k)
         yield Progress("label", 2 * k + 2, 2 * len(frames))

@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=_dsb.DATA)
     parser.add_argument("--runs", default="runs/anchors")
+    parser.add_argument("--tta", action="store_true",
+                        help="builtin: average over mirror images (PredictConfig.tta)")
     parser.add_argument("--table", action="store_true", help="print every stored result")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="score the run already in --runs instead of training")
@@ -127,8 +129,10 @@ def main() -> None:
             score("otsu", [otsu_baseline(i) for i in val[1]], val[2], val[3], val[0])
         elif method == "builtin":
             t0 = time.time()
-            preds = [nu.predict(None, i, mode="instances", device="cpu") for i in val[1]]
-            score("built-in model", preds, val[2], val[3], val[0], budget="shipped",
+            preds = [nu.predict(None, i, mode="instances", device="cpu", tta=args.tta)
+                     for i in val[1]]
+            score("built-in model" + (" + tta" if args.tta else ""), preds, val[2], val[3],
+                  val[0], budget="shipped",
                   predict_seconds=time.time() - t0)
         elif method == "train":
             run_train(args, args.recipe, train, val)

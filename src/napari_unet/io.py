@@ -80,7 +80,12 @@ def _open_zarr_path(path: Path) -> tuple[da.Array, VolumeInfo]:
     ours = attrs.get(RESULT_ATTR)
     if isinstance(ours, dict) and ours.get("result") in node:
         result = node[ours["result"]]
-        return da.from_zarr(result), VolumeInfo(source, reader=result)
+        if isinstance(result, zarr.Array):  # stores written before results were OME-Zarr
+            return da.from_zarr(result), VolumeInfo(source, reader=result)
+        node, attrs = result, dict(result.attrs)
+        if not _ome_multiscales(attrs):  # axes OME-Zarr does not allow: level 0 alone
+            level0 = node["0"]
+            return da.from_zarr(level0), VolumeInfo(source, reader=level0)
     multiscales = _ome_multiscales(attrs)
     if multiscales:
         ms = multiscales[0]

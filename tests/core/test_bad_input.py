@@ -105,7 +105,7 @@ def test_existing_output_is_refused_unless_overwrite(model3d, tmp_path, rng):
 
 
 def test_store_interrupted_while_being_created_is_replaced(model3d, tmp_path, rng, monkeypatch):
-    from napari_unet.inference.store import OutputStore
+    from napari_unet.inference.store import STORE_FORMAT, OutputStore
 
     x = rng.random((8, 16, 16)).astype(np.float32)
     calls = {"n": 0}
@@ -121,7 +121,8 @@ def test_store_interrupted_while_being_created_is_replaced(model3d, tmp_path, rn
     with pytest.raises(KeyboardInterrupt):
         nu.predict(model3d, x, tmp_path / "o.zarr", mode="instances", device="cpu")
     monkeypatch.undo()
-    assert OutputStore._existing_record(tmp_path / "o.zarr") == {"format": 1, "creating": True}
+    record = OutputStore._existing_record(tmp_path / "o.zarr")
+    assert record == {"format": STORE_FORMAT, "creating": True}
     # The next run (another job, even) replaces it without asking for overwrite.
     out = nu.predict(model3d, x, tmp_path / "o.zarr", mode="semantic", device="cpu")
     assert out.shape == (8, 16, 16)

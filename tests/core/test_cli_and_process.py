@@ -50,7 +50,7 @@ def test_cli_predict_matches_api(tmp_path, capsys):
                  "--tile", "16,32,32", "--block", "8,32,32", "--device", "cpu"])
     assert code == 0
     assert "wrote" in capsys.readouterr().out
-    cli = zarr.open_group(str(tmp_path / "cli.zarr"), mode="r")["probabilities"][:]
+    cli = zarr.open_group(str(tmp_path / "cli.zarr"), mode="r")["probabilities/0"][:]
     api = nu.predict(nu.load_model(tmp_path / "m.safetensors"), x, mode="probabilities",
                      tile=(16, 32, 32), block_shape=(8, 32, 32), device="cpu")
     np.testing.assert_array_equal(cli, api)
@@ -109,6 +109,6 @@ def test_run_killed_with_sigkill_resumes_to_identical_result(tmp_path):
     n_done = len(list(marks.iterdir()))
     assert 3 <= n_done < 72
     subprocess.run(args, check=True, env=ENV)
-    ref = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")["probabilities"][:]
-    got = zarr.open_group(str(tmp_path / "killed.zarr"), mode="r")["probabilities"][:]
+    ref = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")["probabilities/0"][:]
+    got = zarr.open_group(str(tmp_path / "killed.zarr"), mode="r")["probabilities/0"][:]
     np.testing.assert_array_equal(got, ref)

@@ -57,7 +57,7 @@ def test_edited_tiff_is_refused_then_recomputed(tmp_path):
     tifffile.imwrite(path, _erase_one(_nuclei()))  # edited in place, same shape and dtype
     with pytest.raises(OutputExistsError, match="content changed.*--overwrite"):
         nu.predict(_model(), path, out, **OPTS)
-    assert _count(zarr.open_group(str(out), mode="r")["labels"][:]) == 4  # kept as it was
+    assert _count(zarr.open_group(str(out), mode="r")["labels/0"][:]) == 4  # kept as it was
     assert _count(nu.predict(_model(), path, out, overwrite=True, **OPTS)[:]) == 3
 
 

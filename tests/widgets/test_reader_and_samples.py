@@ -14,7 +14,7 @@ import zarr
 import napari_unet as nu
 from napari_unet._napari._reader import get_reader
 
-from ..core.helpers import tiny_unet
+from ..core.helpers import Times, tiny_unet
 
 
 def test_reader_claims_only_what_it_reads(tmp_path):
@@ -70,6 +70,26 @@ def test_viewer_opens_with_plugin_and_samples(make_napari_viewer, tmp_path):
     names = [layer.name for layer in viewer.layers]
     assert "nuclei 2D" in names and "nuclei 2D labels" in names
     assert viewer.layers["DSB 2018 nuclei labels"].data.max() > 100
+
+
+def test_a_result_opens_in_napari_with_and_without_naming_the_plugin(make_napari_viewer,
+                                                                    tmp_path):
+    x = np.zeros((4, 32, 32), np.float32)
+    x[1:3, 4:12, 4:12] = 1.0
+    tifffile.imwrite(tmp_path / "s.tif", x, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 3.0, "axes": "ZYX"})
+    out = tmp_path / "seg.zarr"
+    result = nu.predict(Times(2, 1.0), tmp_path / "s.tif", out, mode="instances",
+                        normalize=(0, 100), device="cpu")
+    viewer = make_napari_viewer()
+    # viewer.open's default reader (napari's built-in) opens the store's result group.
+    [layer] = viewer.open(str(out))
+    np.testing.assert_array_equal(np.asarray(layer.data[0] if isinstance(layer.data, list)
+                                             else layer.data), result[...])
+    # Through napari-unet's reader: a labels layer with the input's voxel size.
+    [labels] = viewer.open(str(out), plugin="napari-unet")
+    assert labels._type_string == "labels"
+    assert tuple(labels.scale) == pytest.approx((3.0, 0.5, 0.5))
 
 
 def test_napari_with_the_plugin_does_not_import_torch(tmp_path):

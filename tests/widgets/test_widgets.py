@@ -73,10 +73,37 @@ def test_segment_widget_zarr_live_layer_cancel_and_resume(make_napari_viewer, qt
     assert tuple(result.scale) == (2.0, 1.0, 1.0)
     expected = nu.predict(nu.load_model(model3d[1]), image, mode="semantic", tile=(16, 32, 32),
                           device="cpu")
-    stored = zarr.open_group(str(tmp_path / "seg.zarr"), mode="r")["labels"][:]
+    stored = zarr.open_group(str(tmp_path / "seg.zarr"), mode="r")["labels/0"][:]
     np.testing.assert_array_equal(stored, expected)
     np.testing.assert_array_equal(np.asarray(result.data), expected)
     assert other.data.shape == (4, 4)  # untouched
+
+
+def test_segment_widget_shows_a_large_result_as_a_multiscale_labels_layer(
+        make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    path = nu.save_model(tiny_unet(2, out_channels=3), tmp_path / "tiny2d.safetensors",
+                         label_mode="instances")
+    name = registry.add("tiny 2D pyramid (test)", path)
+    image, _ = synthetic_nuclei((1100, 700), seed=2)
+    layer = viewer.add_image(image, name="big", scale=(0.5, 0.5))
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.reset_choices()
+    w.image.value, w.model.value, w.mode.value = layer, name, "instances"
+    w.store.value = "zarr file"
+    w.store_path.value = str(tmp_path / "big.zarr")
+    viewer.add_image(np.zeros((3, 3)), name="after")  # the result keeps its own place
+    job = w.run()
+    _wait(qtbot, job)
+    result = viewer.layers["big instances"]
+    assert result.multiscale and [tuple(s) for s in result.level_shapes] == [
+        (1100, 700), (550, 350), (275, 175)]
+    assert tuple(result.scale) == (0.5, 0.5)
+    assert viewer.layers.index(result) == len(viewer.layers) - 1
+    stored = zarr.open_group(str(tmp_path / "big.zarr"), mode="r")["labels/0"][:]
+    np.testing.assert_array_equal(np.asarray(result.data[0]), stored)
+    assert stored.max() > 0
 
 
 def test_segment_widget_in_memory_view_only_and_bad_input(make_napari_viewer, qtbot, tmp_path,

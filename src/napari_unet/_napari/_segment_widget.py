@@ -290,16 +290,18 @@ class SegmentWidget(Container):
         """A layer backed by the zarr store being written: it fills in as blocks finish."""
         import zarr
 
-        group = zarr.open_group(str(output), mode="r")
         if mode == "probabilities":
             import dask.array as da
 
-            fg = self._foreground(da.from_zarr(group["probabilities"]), spatial_dims,
-                                  self._distance)
-            return self.viewer.add_image(fg, name=name, colormap="magma",
+            levels = [self._foreground(da.from_zarr(a), spatial_dims, self._distance)
+                      for a in _result_levels(output, "probabilities")]
+            return self.viewer.add_image(_one_or_all(levels), name=name, colormap="magma",
                                          contrast_limits=(0, 1), **geometry)
-        arr = group["semantic" if mode == "instances" else "labels"]
-        return self.viewer.add_labels(arr, name=name, **geometry)
+        if mode == "instances":  # the class map until labelling has run
+            group = zarr.open_group(str(output), mode="r")
+            return self.viewer.add_labels(group["semantic"], name=name, **geometry)
+        return self.viewer.add_labels(_one_or_all(_result_levels(output, "labels")),
+                                      name=name, **geometry)
 
     def _show_result(self, result, output, name, geometry, state) -> None:
         layer = state["layer"]
@@ -309,8 +311,15 @@ class SegmentWidget(Container):
                 state["layer"] = self.viewer.add_image(fg, name=name, colormap="magma",
                                                        contrast_limits=(0, 1), **geometry)
             return
+        levels = _result_levels(output, "labels") if output is not None else [result]
         if layer is None:
-            state["layer"] = self.viewer.add_labels(result, name=name, **geometry)
+            state["layer"] = self.viewer.add_labels(_one_or_all(levels), name=name, **geometry)
+        elif len(levels) > 1:  # instances: the class map gives way to the labels' pyramid
+            # (napari does not turn a layer multiscale: a new layer takes the old one's place)
+            index = self.viewer.layers.index(layer)
+            self.viewer.layers.remove(layer)
+            state["layer"] = self.viewer.add_labels(levels, name=name, **geometry)
+            self.viewer.layers.move(self.viewer.layers.index(state["layer"]), index)
         else:
             layer.data = result  # instances: from the class map to the final labels
             layer.refresh()
@@ -319,3 +328,16 @@ class SegmentWidget(Container):
         if self.job is not None:
             self.job.cancel()
             self.status.value = "cancelling after the blocks in flight"
+
+
+def _result_levels(output: Path, name: str) -> list[Any]:
+    """The levels of a result store's ``name`` (an OME-Zarr multiscale group), level 0 first."""
+    import zarr
+
+    group = zarr.open_group(str(output), mode="r")[name]
+    return [group[n] for n in sorted((n for n, _ in group.arrays() if n.isdigit()), key=int)]
+
+
+def _one_or_all(levels: list[Any]) -> Any:
+    """A layer's data: one array, or the list napari shows as a multiscale layer."""
+    return levels[0] if len(levels) == 1 else levels

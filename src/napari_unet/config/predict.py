@@ -135,6 +135,10 @@ class PredictConfig(Config):
     tta: bool = option(False, "Test-time augmentation: average the logits over mirror images "
                               "along the YX axes (4x the compute; usually a little more "
                               "accurate).")
+    pyramid: bool = option(True, "Also write the result at lower resolutions (an OME-Zarr "
+                                 "multiscale pyramid halving Y and X down to 512 pixels), "
+                                 "built as blocks finish, so viewers show large results "
+                                 "at any zoom.  Output stores only.")
     overwrite: bool = option(False, "Replace an existing output that belongs to another job "
                                     "(another model, input, input content or settings).")
 

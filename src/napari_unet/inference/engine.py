@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,9 +30,11 @@ from .job import (
     describe_job,
     job_normalization,
     open_job_store,
+    result_attrs,
     stitches_slices,
 )
 from .plan import Plan, plan_shapes, recommended_tile
+from .pyramid import PyramidBuilder
 from .spec import ModelSpec, resolve_model
 
 __all__ = ["predict_iter", "plan_shapes", "resolve_model", "recommended_tile", "ModelSpec"]
@@ -162,7 +165,7 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
                                   config, precision, label_mode, boundary_width, grow, content)
 
     def arrays_for(config: PredictConfig, plan: Plan) -> tuple[dict[str, Any], str]:
-        arrays, name = array_specs(config, spec, plan)
+        arrays, name = array_specs(config, spec, plan, in_store=output is not None)
         if client is not None:
             from .distributed import MODEL_ARRAY
 
@@ -172,16 +175,28 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
 
     if client is not None:
         model_blob, cluster_source = _cluster_model(spec, image)
+    def attrs_for(config: PredictConfig, plan: Plan, name: str, n_lower: int
+                  ) -> dict[str, Any]:
+        title = Path(str(output)).stem if output is not None else name
+        return result_attrs(config, plan, name, layout.axes, info.scale, title, n_lower)
+
     store, config, plan, job = open_job_store(output, planned, config, auto_batch,
-                                              arrays_for, n_frames)
+                                              arrays_for, n_frames, attrs_for)
     executor = _executor(spec, store, plan, job, config, client, canonical, norm, precision,
                          device, module, source, info, cluster_source if client else None,
                          model_blob if client else None)
     del module  # the executor's runner holds it
+    pyramid = PyramidBuilder(store, n_lead)
     try:
         flags, todo = store.todo_blocks()
         yield from _started(plan, flags, executor)
-        yield from executor.run(todo, len(plan.units) - len(todo), cancel)
+        if config.mode != "instances":  # level 0 is final block by block
+            for i in np.flatnonzero(flags):
+                pyramid.mark(*plan.units[i])
+        for event in executor.run(todo, len(plan.units) - len(todo), cancel):
+            if isinstance(event, BlockDone) and config.mode != "instances":
+                pyramid.block_done(*plan.units[event.index])
+            yield event
         if config.mode == "instances":
             from .labelling import label_frames
             from .stitching import SLICES_ARRAY, stitch_slices
@@ -194,7 +209,9 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
             if link:
                 yield from stitch_slices(store, lead_shape, layout.lead_axes.index("Z"),
                                          config.stitch_threshold, cancel)
+        yield from pyramid.finish(cancel, all_final=config.mode == "instances")
     finally:
+        pyramid.wait_quietly()
         del executor  # the engine's copy of the model, before the device's cache is emptied
         release_memory(device)
     result = store.result

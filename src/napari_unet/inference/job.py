@@ -13,13 +13,15 @@ import dask.array as da
 from .. import postprocess
 from ..config import PredictConfig
 from ..io import InputError
+from ..ngff import ngff_axes_ok
 from ..normalize import DEFAULT_PERCENTILES, Normalization, percentile_normalization
 from .plan import Plan
+from .pyramid import level_shapes
 from .spec import ModelSpec
 from .store import OutputStore, fingerprint
 
 __all__ = ["job_normalization", "describe_job", "array_specs", "check_output_path",
-           "open_job_store", "stitches_slices", "FILE_SUFFIXES"]
+           "open_job_store", "stitches_slices", "result_attrs", "FILE_SUFFIXES"]
 
 # Outputs are zarr folders (results of any size are written block by block); a path named like
 # an image file is a mistake, not a folder to create.
@@ -64,7 +66,7 @@ def describe_job(model_record: dict[str, Any], array: Any, source: str, layout: 
         "sigma_scale": config.sigma_scale, "mode": config.mode,
         "threshold": config.threshold, "probability_dtype": config.probability_dtype,
         "block": list(plan.block), "chunk": list(plan.chunk), "precision": precision,
-        "tta": config.tta,
+        "tta": config.tta, "pyramid": config.pyramid,
         "label_mode": label_mode, "boundary_width": boundary_width,
         "min_size": config.min_size if config.mode == "instances" else None,
         "output_axes": layout.output_axes(config.mode in ("probabilities", "logits")),
@@ -84,6 +86,19 @@ def describe_job(model_record: dict[str, Any], array: Any, source: str, layout: 
 
 
 def array_specs(
+    config: PredictConfig, spec: ModelSpec, plan: Plan, in_store: bool = True
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """The arrays a job writes (name -> shape, chunks, dtype) and the result's name; a
+    result written to a store lists its lower resolutions as ``levels``."""
+    arrays, name = _array_specs(config, spec, plan)
+    result = arrays[name]
+    axes = plan.layout.output_axes(config.mode in ("probabilities", "logits"))
+    if in_store and config.pyramid and ngff_axes_ok(axes):
+        result["levels"] = level_shapes(result["shape"])[1:]
+    return arrays, name
+
+
+def _array_specs(
     config: PredictConfig, spec: ModelSpec, plan: Plan
 ) -> tuple[dict[str, dict[str, Any]], str]:
     lead = plan.lead_shape
@@ -145,6 +160,7 @@ def open_job_store(
     auto_batch: bool,
     arrays_for: Callable[[PredictConfig, Plan], tuple[dict[str, dict[str, Any]], str]],
     n_frames: int,
+    attrs_for: Callable[[PredictConfig, Plan, str, int], dict[str, Any]] | None = None,
 ) -> tuple[OutputStore, PredictConfig, Plan, dict[str, Any]]:
     """The job's store at ``output`` (None: in memory), its config, plan and description.
 
@@ -163,6 +179,24 @@ def open_job_store(
                     plan, job = other
                     break
     arrays, result_name = arrays_for(config, plan)
+    attrs = (attrs_for(config, plan, result_name, len(arrays[result_name].get("levels", ())))
+             if attrs_for is not None else None)
     store = OutputStore.open_or_create(output, job, arrays, result_name, len(plan.units),
-                                       n_frames, config.overwrite)
+                                       n_frames, config.overwrite, attrs)
     return store, config, plan, job
+
+
+def result_attrs(config: PredictConfig, plan: Plan, name: str, source_axes: str | None,
+                 source_scale: Any, title: str, n_lower: int = 0) -> dict[str, Any]:
+    """OME-Zarr metadata of the result group with ``n_lower`` lower resolutions (none where
+    the output's axes are in an order OME-Zarr does not allow, e.g. a time series of z
+    stacks with channels: ``TZCYX``)."""
+    from ..ngff import multiscale_attrs, scale_for_axes
+
+    axes = plan.layout.output_axes(config.mode in ("probabilities", "logits"))
+    if not ngff_axes_ok(axes):
+        return {}
+    scale = scale_for_axes(axes, source_axes, source_scale)
+    factors = [[1] * (len(axes) - 2) + [2**k, 2**k] for k in range(n_lower + 1)]
+    return multiscale_attrs(axes, scale, title, labels=name == "labels",
+                            n_levels=n_lower + 1, factors=factors)

@@ -3,12 +3,18 @@
 An output is a zarr group::
 
     out.zarr/               attrs["napari_unet"]: job description, fingerprint, result name
-      labels | probabilities | logits    the result, written block by block
+      labels | probabilities | logits    the result: an OME-Zarr (NGFF 0.5) multiscale group
+        0                                level 0, written block by block
+        1, 2, ...                        halved in Y and X (:mod:`.pyramid`), as level 0 is final
       semantic                           class map (instance jobs only; input of labelling)
       seeds                              seed components (instance jobs only)
       blocks_done                        one uncompressed byte per block, set after its write
+      pyramid_done_1, _2, ...            one byte per chunk of each lower level
       frames_done                        one byte per labelled frame (instance jobs only)
       model                              the model's bytes (cluster jobs only)
+
+The result is the store's only subgroup, so readers that open the first group of a zarr store
+(napari's built-in reader) show the result, and OME-Zarr readers open ``out.zarr/labels``.
 
 Progress lives in the store itself, so a run that was killed resumes from what is on disk:
 a block counts as finished only once its marker is written, and the marker is written only
@@ -30,10 +36,14 @@ import zarr
 
 from ..io import RESULT_ATTR, InputError
 from .input_digest import describe_change
+from .pyramid import DONE_PREFIX
 
-__all__ = ["OutputStore", "OutputExistsError", "fingerprint", "result_compressors"]
+__all__ = ["OutputStore", "OutputExistsError", "fingerprint", "result_compressors", "LEVEL0",
+           "STORE_FORMAT"]
 
-STORE_FORMAT = 1
+# 2: the result is a multiscale group (level "0"); 1: the result was an array.
+STORE_FORMAT = 2
+LEVEL0 = "0"
 
 
 from ..errors import OutputExistsError  # noqa: E402
@@ -75,6 +85,8 @@ class OutputStore:
         record = dict(group.attrs[RESULT_ATTR])
         self.record = record
         self.result_name: str = record["result"]
+        self._result_path = (f"{self.result_name}/{LEVEL0}"
+                             if record.get("format", 1) >= 2 else self.result_name)
         self.blocks_done = group["blocks_done"]
         self._done_cache: np.ndarray | None = None
 
@@ -89,6 +101,7 @@ class OutputStore:
         n_blocks: int,
         n_frames: int,
         overwrite: bool,
+        result_attrs: Mapping[str, Any] | None = None,
     ) -> OutputStore:
         """Resume the job stored at ``path`` or create a fresh store for it.
 
@@ -99,11 +112,14 @@ class OutputStore:
         job : dict
             JSON description of the job; its fingerprint decides whether a store resumes.
         arrays : mapping
-            Name -> ``dict(shape=, chunks=, dtype=)`` of the arrays to create.
+            Name -> ``dict(shape=, chunks=, dtype=)`` of the arrays to create; the result's
+            may list the shapes of its lower resolutions as ``levels`` (:mod:`.pyramid`).
         result : str
             Name of the array holding the final result.
         overwrite : bool
             Replace an existing store that belongs to another job.
+        result_attrs : mapping, optional
+            Attributes of the result's group (its OME-Zarr metadata).
 
         Raises
         ------
@@ -114,7 +130,8 @@ class OutputStore:
         fp = fingerprint(job)
         if path is None:
             group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-            return cls._create(group, job, fp, arrays, result, n_blocks, n_frames)
+            return cls._create(group, job, fp, arrays, result, n_blocks, n_frames,
+                               result_attrs=result_attrs)
 
         path = Path(path)
         if path.exists():
@@ -124,16 +141,19 @@ class OutputStore:
                     "(napari-unet never deletes files it did not write)"
                 )
             existing = cls._existing_record(path)
-            if existing is not None and existing.get("fingerprint") == fp:
+            if (existing is not None and existing.get("fingerprint") == fp
+                    and existing.get("format") == STORE_FORMAT):
                 return cls(zarr.open_group(str(path), mode="r+"), resumed=True, path=path)
             if existing is not None and existing.get("creating"):
                 overwrite = True  # ours, interrupted while being created: it holds no results
             if not overwrite:
-                why = (
-                    describe_change(existing.get("job") or {}, job)
-                    if existing is not None
-                    else "it is a zarr store that napari-unet did not write"
-                )
+                if existing is None:
+                    why = "it is a zarr store that napari-unet did not write"
+                elif existing.get("format") != STORE_FORMAT:
+                    why = (f"was written by another version of napari-unet (store format "
+                           f"{existing.get('format')}, this version writes {STORE_FORMAT})")
+                else:
+                    why = describe_change(existing.get("job") or {}, job)
                 raise OutputExistsError(
                     f"output {str(path)!r} already exists and {why}; run again with "
                     "--overwrite (Python: overwrite=True) to recompute it, or choose another "
@@ -146,7 +166,8 @@ class OutputStore:
         if not os.access(parent, os.W_OK):
             raise InputError(f"cannot write the output: folder {str(parent)!r} is not writable")
         group = zarr.open_group(str(path), mode="w")
-        return cls._create(group, job, fp, arrays, result, n_blocks, n_frames, path)
+        return cls._create(group, job, fp, arrays, result, n_blocks, n_frames, path,
+                           result_attrs)
 
     @classmethod
     def stored_fingerprint(cls, path: str | os.PathLike) -> str | None:
@@ -175,13 +196,30 @@ class OutputStore:
         n_blocks: int,
         n_frames: int,
         path: Path | None = None,
+        result_attrs: Mapping[str, Any] | None = None,
     ) -> OutputStore:
         # Marks the store as napari-unet's from the start, so a run interrupted before the
         # record below is written leaves a store that the next run may simply replace.
         group.attrs[RESULT_ATTR] = {"format": STORE_FORMAT, "creating": True}
         for name, spec in arrays.items():
             spec = {"compressors": result_compressors(spec["dtype"]), **spec}
-            group.create_array(name, fill_value=0, **spec)
+            if name == result:
+                attrs = dict(result_attrs or {})
+                sub = group.create_group(name, attributes=attrs)
+                axes = ((attrs.get("ome") or {}).get("multiscales") or [{}])[0].get("axes")
+                if axes:  # OME-Zarr 0.5: the arrays name their dimensions as the axes
+                    spec["dimension_names"] = [a["name"] for a in axes]
+                lower = [tuple(x) for x in spec.pop("levels", None) or ()]
+                for k, shape in enumerate([tuple(spec["shape"]), *lower]):
+                    sub.create_array(str(k), fill_value=0, **{**spec, "shape": shape})
+                    if k:  # one raw byte per chunk of a lower level, set after its data
+                        grid = tuple(-(-n // c) for n, c in zip(shape, spec["chunks"],
+                                                                 strict=True))
+                        group.create_array(f"{DONE_PREFIX}{k}", shape=grid,
+                                           chunks=(1,) * len(grid), dtype="uint8",
+                                           fill_value=0, compressors=None)
+            else:
+                group.create_array(name, fill_value=0, **spec)
         # One raw byte per chunk: a marker is either fully there or absent.
         group.create_array(
             "blocks_done", shape=(n_blocks,), chunks=(1,), dtype="uint8", fill_value=0,
@@ -212,7 +250,7 @@ class OutputStore:
         return flags, [int(i) for i in np.flatnonzero(~flags)]
 
     # -- progress ---------------------------------------------------------------------------
-    def _read_flags(self, arr: zarr.Array) -> np.ndarray:
+    def read_flags(self, arr: zarr.Array) -> np.ndarray:
         try:
             return np.asarray(arr[:], dtype=bool)
         except Exception:  # a marker torn by a crash: read one by one, torn ones count as 0
@@ -226,20 +264,30 @@ class OutputStore:
 
     def done_blocks(self) -> np.ndarray:
         """Boolean flag per block: its output is on disk."""
-        return self._read_flags(self.blocks_done)
+        return self.read_flags(self.blocks_done)
 
     def mark_block(self, index: int) -> None:
         self.blocks_done[index] = 1
 
     def done_frames(self) -> np.ndarray:
-        return self._read_flags(self.group["frames_done"])
+        return self.read_flags(self.group["frames_done"])
 
     def mark_frame(self, index: int) -> None:
         self.group["frames_done"][index] = 1
 
     @property
     def result(self) -> zarr.Array:
-        return self.group[self.result_name]
+        """Level 0 of the result."""
+        return self.group[self._result_path]
+
+    @property
+    def levels(self) -> list[zarr.Array]:
+        """The result's resolutions, level 0 first (one level in stores of format 1)."""
+        if self.record.get("format", 1) < 2:
+            return [self.result]
+        sub = self.group[self.result_name]
+        names = sorted((n for n, _ in sub.arrays() if n.isdigit()), key=int)
+        return [sub[n] for n in names]
 
     def __getitem__(self, name: str) -> zarr.Array:
-        return self.group[name]
+        return self.result if name == self.result_name else self.group[name]

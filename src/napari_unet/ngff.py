@@ -1,0 +1,82 @@
+"""OME-Zarr (NGFF 0.5) metadata of the results napari-unet writes: a multiscale image, and for
+labels an ``image-label``, so that OME-Zarr readers (napari-ome-zarr, Fiji / MoBIE, QuPath,
+webknossos, neuroglancer) open a result with its axes and voxel sizes.
+
+Only the metadata is made here: the arrays are written chunk by chunk by the engine, which the
+writers of the OME-Zarr libraries (whole arrays at once) do not do; the tests validate what is
+written with ``ome-zarr-models``, an independent implementation of the specification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["NGFF_VERSION", "ngff_axes_ok", "multiscale_attrs", "scale_for_axes"]
+
+NGFF_VERSION = "0.5"
+_AXIS = {"T": ("t", "time"), "C": ("c", "channel"), "Z": ("z", "space"),
+         "Y": ("y", "space"), "X": ("x", "space")}
+
+
+def ngff_axes_ok(axes: str) -> bool:
+    """Whether ``axes`` (letters from "TCZYX") is an order NGFF allows: 2-5 axes, time
+    first, then channel, then 2 or 3 spatial axes."""
+    spatial = [a for a in axes if a in "ZYX"]
+    order = "TCZYX"
+    return (2 <= len(axes) <= 5 and len(set(axes)) == len(axes) and all(a in order for a in axes)
+            and list(axes) == sorted(axes, key=order.index) and len(spatial) in (2, 3)
+            and axes.endswith("YX"))
+
+
+def scale_for_axes(axes: str, source_axes: str | None,
+                   source_scale: Sequence[float] | None) -> list[float]:
+    """Voxel size of every axis of ``axes`` taken from an input's axes and scale (1 where
+    the input says nothing, and for time and channels)."""
+    known: dict[str, float] = {}
+    if source_axes and source_scale is not None and len(source_axes) == len(source_scale):
+        known = {a: float(s) for a, s in zip(source_axes.upper(), source_scale, strict=True)
+                 if a in "ZYX" and float(s) > 0}
+    return [known.get(a, 1.0) for a in axes]
+
+
+def multiscale_attrs(axes: str, scale: Sequence[float], name: str, labels: bool,
+                     n_levels: int = 1, factors: Sequence[Sequence[int]] | None = None,
+                     unit: str | None = None) -> dict[str, Any]:
+    """The ``ome`` attributes of a multiscale group whose levels are arrays ``"0"``,
+    ``"1"``, ... (level ``k`` downsampled by ``factors[k]`` per axis from level 0).
+
+    Parameters
+    ----------
+    axes : str
+        Letters from "TCZYX" in NGFF order (:func:`ngff_axes_ok`).
+    scale : sequence of float
+        Voxel size of level 0 per axis.
+    name : str
+        The image's name.
+    labels : bool
+        Add an ``image-label`` entry (an integer label image).
+    unit : str, optional
+        Unit of the spatial axes (e.g. "micrometer").
+    """
+    if not ngff_axes_ok(axes):
+        raise ValueError(f"axes {axes!r} are not in an order OME-Zarr allows (T, C, Z, Y, X)")
+    entries = []
+    for a in axes:
+        key, kind = _AXIS[a]
+        entry: dict[str, Any] = {"name": key, "type": kind}
+        if kind == "space" and unit:
+            entry["unit"] = unit
+        entries.append(entry)
+    datasets = []
+    for k in range(n_levels):
+        f = list(factors[k]) if factors is not None else [1] * len(axes)
+        datasets.append({"path": str(k), "coordinateTransformations": [
+            {"type": "scale", "scale": [float(s) * fk for s, fk in zip(scale, f, strict=True)]}
+        ]})
+    ome: dict[str, Any] = {"version": NGFF_VERSION,
+                           "multiscales": [{"name": name, "axes": entries,
+                                            "datasets": datasets}]}
+    if labels:
+        ome["image-label"] = {}
+    return {"ome": ome}

@@ -6,7 +6,9 @@ Tasks (``../shared/data`` and synthetic): three DSB 2018 val fluorescence images
 the PlantSeg confocal patch (3D cells: strokes in cells and on membranes), synthetic 3D
 nuclei.  A simulated user strokes every object (up to 30; in 3D on three slices of each),
 paints half as many background strokes, then in each correction round strokes the six
-largest wrong regions of the preview with their true class.  Methods:
+largest wrong regions of the preview with their true class (and with ``--merge-strokes N``
+a background line across each of the N largest objects of the preview that join two true
+ones, where they meet).  Methods:
 
 - ``otsu``: global Otsu threshold (no strokes).
 - ``forest``: random forest on multiscale filter features of the strokes (what ilastik and
@@ -109,6 +111,12 @@ def stroke_radius(marks: np.ndarray) -> int:
     return int(np.ceil(np.median(lengths) / 2 + 2))
 
 
+def split_instances(fg: np.ndarray, radius: int) -> np.ndarray:
+    """The preview's objects as the table's "split" column makes them."""
+    split = postprocess.split_classes(fg, radius)
+    return postprocess.instances_in_memory(split, "instances", radius, 10)[1]
+
+
 def scores(fg: np.ndarray, labels: np.ndarray, radius: int,
            instances: np.ndarray | None = None) -> dict[str, float]:
     truth = labels > 0
@@ -117,8 +125,7 @@ def scores(fg: np.ndarray, labels: np.ndarray, radius: int,
           if instances is None else instances)
     out["ap50_cc"] = match_instances(cc, labels, (0.5,))[0].average_precision
     if instances is None:
-        split = postprocess.split_classes(fg, radius)
-        inst = postprocess.instances_in_memory(split, "instances", radius, 10)[1]
+        inst = split_instances(fg, radius)
         out["ap50_split"] = match_instances(inst, labels, (0.5,))[0].average_precision
     else:
         out["ap50_split"] = out["ap50_cc"]
@@ -183,6 +190,9 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/scribbles")
     parser.add_argument("--budget-scale", type=float, default=1.0,
                         help="multiply the training steps (a quick dry run: 0.1)")
+    parser.add_argument("--merge-strokes", type=int, default=0,
+                        help="per correction round, also paint a background line across up "
+                             "to this many merged objects of the preview (rows '+merges')")
     parser.add_argument("--table", action="store_true", help="print the stored results")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -226,14 +236,20 @@ def main() -> None:
                         probs = np.asarray(nu.predict(model, image, mode="probabilities",
                                                       device="cpu"))
                         fg = probs[-1] > 0.5
-                row = {"task": name, "method": method, "round": rnd, "seconds": took,
+                label = method + ("+merges" if args.merge_strokes else "")
+                row = {"task": name, "method": label, "round": rnd, "seconds": took,
                        "painted": int((marks > 0).sum()),
                        **scores(fg, labels, radius, inst)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if rnd < args.rounds:
                     marks = _strokes.corrections(fg, labels, marks, seed=rnd + 1)
-        (RESULTS / f"{name}.json").write_text(json.dumps(
+                    if args.merge_strokes:
+                        shown = inst if inst is not None else split_instances(fg, radius)
+                        marks = _strokes.merge_strokes(shown, labels, marks, rnd + 1,
+                                                       args.merge_strokes)
+        suffix = "-merges" if args.merge_strokes else ""
+        (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(
             {"task": name, "shape": list(image.shape), "radius": radius,
              "objects": int(len(np.unique(labels)) - 1), "rows": rows}, indent=1))
 

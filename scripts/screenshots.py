@@ -28,10 +28,64 @@ def wait(job, timeout: float = 900) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
+    parser.add_argument("--only", choices=("widgets", "large"),
+                        help="one part (default: all)")
+    parser.add_argument("--large-side", type=int, default=12288)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only != "large":
+        widgets(args)
+    if args.only != "widgets":
+        large_result(args)
 
+
+def _shot(viewer, path: Path) -> None:
     import imageio.v3 as iio
+
+    img = viewer.screenshot(canvas_only=False, flash=False)
+    iio.imwrite(path, img)
+    print("wrote", path, img.shape)
+
+
+def large_result(args) -> None:
+    """A large result segmented into a zarr store from the segment widget: a multiscale
+    labels layer, shown with the whole image in view and at one screen pixel per pixel."""
+    import napari
+    import numpy as np
+
+    from napari_unet._napari._segment_widget import SegmentWidget
+    from napari_unet.data.synthetic import synthetic_nuclei
+
+    side, tile = args.large_side, 2048
+    image = np.zeros((side, side), np.uint16)
+    for n, y in enumerate(range(0, side, tile)):
+        for m, x in enumerate(range(0, side, tile)):
+            block, _ = synthetic_nuclei((tile, tile), seed=n * 16 + m)
+            image[y:y + tile, x:x + tile] = block[: side - y, : side - x]
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    layer = viewer.add_image(image, name=f"nuclei {side}x{side}")
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment with U-Net")
+    seg.reset_choices()
+    seg.image.value = layer
+    seg.store.value = "zarr file"
+    seg.store_path.value = str(Path(tempfile.mkdtemp(prefix="nu-shot-")) / "large.zarr")
+    t0 = time.time()
+    wait(seg.run(), timeout=3600)
+    print(f"segmented {side}^2 in {time.time() - t0:.0f} s")
+    viewer.reset_view()
+    wait(None)
+    _shot(viewer, args.out / "large_result_whole.png")
+    viewer.camera.zoom = 1.0
+    viewer.camera.center = (side * 0.4, side * 0.55)
+    wait(None)
+    _shot(viewer, args.out / "large_result_1to1.png")
+    viewer.close()
+
+
+def widgets(args) -> None:
+
     import napari
 
     from napari_unet._napari._evaluate_widget import EvaluateWidget
@@ -39,9 +93,7 @@ def main() -> None:
     from napari_unet._napari._train_widget import TrainWidget
 
     def shot(viewer, name):
-        img = viewer.screenshot(canvas_only=False, flash=False)
-        iio.imwrite(args.out / name, img)
-        print("wrote", args.out / name, img.shape)
+        _shot(viewer, args.out / name)
 
     # Segment + evaluate: the real DSB sample with the built-in model.
     viewer = napari.Viewer(show=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["NGFF_VERSION", "ngff_axes_ok", "multiscale_attrs", "scale_for_axes"]
+__all__ = ["NGFF_VERSION", "ngff_axes_ok", "multiscale_attrs", "scale_for_axes", "voxel_size",
+           "voxel_size_notice"]
 
 NGFF_VERSION = "0.5"
 _AXIS = {"T": ("t", "time"), "C": ("c", "channel"), "Z": ("z", "space"),
@@ -38,6 +39,41 @@ def scale_for_axes(axes: str, source_axes: str | None,
         known = {a: float(s) for a, s in zip(source_axes.upper(), source_scale, strict=True)
                  if a in "ZYX" and float(s) > 0}
     return [known.get(a, 1.0) for a in axes]
+
+
+def voxel_size(axes: str, source_axes: str | None, source_scale: Sequence[float] | None
+               ) -> tuple[float, ...] | None:
+    """Voxel size along ``axes`` (spatial letters) from an input's axes and scale; None
+    where the input does not say -- including a scale of 1 on every axis, which is what
+    files and napari layers without calibration report."""
+    if not source_axes or source_scale is None or len(source_axes) != len(source_scale):
+        return None
+    known = dict(zip(source_axes.upper(), (float(s) for s in source_scale), strict=True))
+    if any(a not in known or not known[a] > 0 for a in axes):
+        return None
+    sizes = tuple(known[a] for a in axes)
+    return None if all(s == 1.0 for s in sizes) else sizes
+
+
+def voxel_size_notice(model_size: Sequence[float] | None, image_size: Sequence[float] | None,
+                      limit: float = 1.5) -> str | None:
+    """A warning where an image's voxels differ from the model's training voxels by more
+    than ``limit`` along an axis (the last axes of the image's size are compared with the
+    model's: a 2D model on a z stack compares Y and X)."""
+    if not model_size or not image_size or len(image_size) < len(model_size):
+        return None
+    image = tuple(image_size)[len(image_size) - len(model_size):]
+    ratios = [i / m for i, m in zip(image, model_size, strict=True)]
+    if all(1 / limit <= r <= limit for r in ratios):
+        return None
+    fmt = " x ".join
+    factor = ", ".join(f"{r:.2g}" for r in ratios)
+    return (f"the model was trained on voxels of {fmt(f'{v:g}' for v in model_size)} and this "
+            f"image's are {fmt(f'{v:g}' for v in image)} ({factor}x): objects look that many "
+            "times smaller to the model than in training (larger below 1). Resample the "
+            "image by that factor first (e.g. skimage.transform.rescale), give the right "
+            "voxel_size if the image's metadata is wrong, or train on data at this voxel "
+            "size")
 
 
 def multiscale_attrs(axes: str, scale: Sequence[float], name: str, labels: bool,

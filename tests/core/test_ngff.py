@@ -90,3 +90,54 @@ def test_ngff_axes_rules():
     assert ds[1]["coordinateTransformations"][0]["scale"] == [2.0, 2.0, 2.0]
     with pytest.raises(ValueError, match="order"):
         multiscale_attrs("ZCYX", [1.0] * 4, "x", labels=False)
+
+
+def test_training_voxel_size_is_stored_and_prediction_warns_on_another(tmp_path, rng):
+    from napari_unet.config import ModelConfig, TrainConfig
+    from napari_unet.events import Notice
+
+    image, labels = _tiff_pair(tmp_path, 0.5)
+    config = TrainConfig(model=ModelConfig(spatial_dims=2, depth=2, base_filters=4),
+                         patch_size=(32, 32), batch_size=2, epochs=1, steps_per_epoch=2,
+                         val_patches=2, device="cpu", label_mode="instances")
+    result = nu.train([(image, labels)], config, run_dir=tmp_path / "run")
+    model = nu.load_model(result.last_model)
+    assert model.metadata["voxel_size"] == [0.5, 0.5]
+
+    def notices(img, **kw) -> list[str]:
+        events = []
+        nu.predict(model, img, device="cpu", progress=events.append, **kw)
+        return [e.message for e in events if isinstance(e, Notice) and "voxels" in e.message]
+
+    assert notices(image) == []  # the same voxel size
+    far, _ = _tiff_pair(tmp_path, 2.0)
+    (message,) = notices(far)
+    assert "0.5 x 0.5" in message and "2 x 2" in message and "rescale" in message
+    assert notices(far, voxel_size=(0.6, 0.6)) == []  # the user's word over the metadata
+    assert notices(rng.random((48, 48)).astype(np.float32)) == []  # nothing known: silent
+    # Given in the config, it is stored whatever the files say.
+    cfg = config.replace(voxel_size=(0.2, 0.2), epochs=1)
+    result = nu.train([(image, labels)], cfg, run_dir=tmp_path / "run2")
+    assert nu.load_model(result.last_model).metadata["voxel_size"] == [0.2, 0.2]
+
+
+def _tiff_pair(tmp_path, size: float):
+    from napari_unet.data.synthetic import synthetic_nuclei
+
+    image, labels = synthetic_nuclei((64, 64), seed=3)
+    path = tmp_path / f"img{size}.tif"
+    tifffile.imwrite(path, image, imagej=True, resolution=(1 / size, 1 / size),
+                     metadata={"axes": "YX"})
+    return path, labels
+
+
+def test_voxel_size_given_goes_to_the_result(tmp_path, rng):
+    x = rng.random((40, 48)).astype(np.float32)
+    nu.predict(tiny_unet(2), x, tmp_path / "v.zarr", mode="semantic", device="cpu",
+               voxel_size=(0.3, 0.3))
+    model = ImageLabel.from_zarr(zarr.open_group(str(tmp_path / "v.zarr/labels"), mode="r"))
+    assert _scale(model) == pytest.approx([0.3, 0.3])
+    from napari_unet.errors import InputError
+
+    with pytest.raises(InputError, match="one per axis"):
+        nu.predict(tiny_unet(2), x, device="cpu", voxel_size=(1.0, 0.3, 0.3))

@@ -24,6 +24,15 @@ def layer_axes(layer: Any) -> str | None:
     return None
 
 
+def layer_voxel_size(layer: Any, spatial_dims: int) -> tuple[float, ...] | None:
+    """The layer's scale along its last ``spatial_dims`` axes as a voxel size; None where it
+    is 1 on all of them (napari's default: nothing known)."""
+    ndim = (layer.data[0] if getattr(layer, "multiscale", False) else layer.data).ndim
+    ndim -= 1 if getattr(layer, "rgb", False) else 0
+    scale = tuple(float(s) for s in tuple(layer.scale)[:ndim][-spatial_dims:])
+    return None if all(s == 1.0 for s in scale) else scale
+
+
 def layer_geometry(layer: Any, ndim: int, region: tuple[slice, ...] | None = None
                    ) -> dict[str, Any]:
     """scale / translate of ``layer`` for a result layer with ``ndim`` dimensions, shifted to

@@ -31,7 +31,14 @@ from ..config import DEVICES, MODES, PredictConfig, options_of, resolve_mode
 from ..errors import InputError, NapariUnetError
 from . import _workers
 from ._config_widgets import option_value, option_widget
-from ._layers import layer_axes, layer_data, layer_geometry, unique_name, visible_region
+from ._layers import (
+    layer_axes,
+    layer_data,
+    layer_geometry,
+    layer_voxel_size,
+    unique_name,
+    visible_region,
+)
 from ._registry import registry
 
 __all__ = ["SegmentWidget"]
@@ -153,7 +160,8 @@ class SegmentWidget(Container):
         values = {name: option_value(getattr(self, name), PredictConfig, name) for name in (
             "mode", "tile", "overlap", "batch_size", "device", "precision", "split_touching",
             "tta", "z_stitch", "stitch_threshold")}
-        config = PredictConfig(**values, axes=axes, overwrite=bool(self.overwrite.value))
+        config = PredictConfig(**values, axes=axes, overwrite=bool(self.overwrite.value),
+                               voxel_size=layer_voxel_size(layer, spatial_dims))
         # The mode the engine would choose for "auto", known here to pick the layer type.
         return config.replace(mode=resolve_mode(config.mode, meta,
                                                 int(meta["model"]["out_channels"])))

@@ -31,7 +31,13 @@ from ..config.train import DEFAULT_PATCH
 from ..errors import InputError, NapariUnetError
 from . import _workers
 from ._config_widgets import option_value, option_widget
-from ._layers import layer_data, layer_geometry, unique_name, visible_region
+from ._layers import (
+    layer_data,
+    layer_geometry,
+    layer_voxel_size,
+    unique_name,
+    visible_region,
+)
 from ._plot import CurvePlot
 from ._registry import registry
 
@@ -230,7 +236,7 @@ class TrainWidget(Container):
             values["target"] = "classes"
         config = TrainConfig.preset(
             "interactive", model=model, patch_size=patch, **values,
-            init_model=init,
+            init_model=init, voxel_size=layer_voxel_size(image, sd),
             anisotropic=sd == 3 and float(image.scale[-3]) > 1.5 * float(image.scale[-1]),
         )
         return config, img, lab, dims

@@ -11,13 +11,40 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "Config", "option", "parse_ints", "int_tuple", "options_of",
-           "Option"]
+__all__ = ["ConfigError", "Config", "option", "parse_ints", "parse_floats", "voxel_size_of",
+           "int_tuple", "options_of", "Option"]
 
 T = TypeVar("T", bound="Config")
 
 
 from ..errors import ConfigError  # noqa: E402
+
+
+def parse_floats(text: str) -> tuple[float, ...] | None:
+    """``"2,0.5,0.5"`` -> a tuple of floats; ``""`` / ``"auto"`` -> None."""
+    text = str(text).strip().lower()
+    if not text or text == "auto":
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise ConfigError(f"expected numbers like 2,0.5,0.5, got {text!r}") from err
+
+
+def voxel_size_of(value: Any, name: str) -> tuple[float, ...] | None:
+    """A voxel size option checked: None, or positive finite numbers."""
+    if value is None:
+        return None
+    try:
+        sizes = tuple(float(v) for v in (value if isinstance(value, (list, tuple))
+                                          else (value,)))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name} must be numbers (one per spatial axis), got {value!r}"
+                          ) from err
+    if not sizes or not all(0 < v < float("inf") for v in sizes):
+        raise ConfigError(f"{name} must be positive numbers (one per spatial axis), got "
+                          f"{value!r}")
+    return sizes
 
 
 def parse_ints(text: str) -> tuple[int, ...] | None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ._base import Config, ConfigError, document, int_tuple, option, parse_ints
+from ._base import (
+    Config,
+    ConfigError,
+    document,
+    int_tuple,
+    option,
+    parse_floats,
+    parse_ints,
+    voxel_size_of,
+)
 
 __all__ = ["PredictConfig", "MODES", "BLENDINGS", "PRECISIONS", "DEVICES", "Z_STITCHES",
            "resolve_mode",
@@ -135,6 +144,13 @@ class PredictConfig(Config):
     tta: bool = option(False, "Test-time augmentation: average the logits over mirror images "
                               "along the YX axes (4x the compute; usually a little more "
                               "accurate).")
+    voxel_size: tuple[float, ...] | None = option(
+        None, "Voxel size of the image along its spatial axes ((Z)YX, in its metadata's "
+              "unit), one number per axis; None: read from the image's metadata (OME-Zarr, "
+              "OME / ImageJ TIFF) where it says -- the segment widget uses the layer's "
+              "scale.  Written to the result and compared with the voxel size the model "
+              "was trained at (a warning when they differ by more than 1.5x).",
+        parse=parse_floats)
     pyramid: bool = option(True, "Also write the result at lower resolutions (an OME-Zarr "
                                  "multiscale pyramid halving Y and X down to 512 pixels), "
                                  "built as blocks finish, so viewers show large results "
@@ -154,6 +170,7 @@ class PredictConfig(Config):
                 raise ConfigError(f"{name} values must be >= 1, got {value}")
             self._set(name, value)
         self._check_overlap()
+        self._set("voxel_size", voxel_size_of(self.voxel_size, "voxel_size"))
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int)
                                           or isinstance(self.batch_size, bool)
                                           or self.batch_size < 1):

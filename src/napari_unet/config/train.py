@@ -6,7 +6,16 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ._base import Config, ConfigError, document, int_tuple, option, parse_ints
+from ._base import (
+    Config,
+    ConfigError,
+    document,
+    int_tuple,
+    option,
+    parse_floats,
+    parse_ints,
+    voxel_size_of,
+)
 from .model import ModelConfig
 from .predict import PRECISIONS
 
@@ -127,6 +136,12 @@ class TrainConfig(Config):
                  "bright-field), or per image where the background is bright ('auto', H&E or "
                  "bright-field next to fluorescence).  Stored in the model.",
         choices=INVERT_MODES, label="invert intensities")
+    voxel_size: tuple[float, ...] | None = option(
+        None, "Voxel size of the training images along their spatial axes ((Z)YX), one "
+              "number per axis; None: read from the images' metadata (OME-Zarr, OME / "
+              "ImageJ TIFF) where they all agree -- the train widget uses the image layer's "
+              "scale.  Stored in the model: prediction warns when an image's voxel size "
+              "differs from it by more than 1.5x.", parse=parse_floats)
     seed: int = option(0, "Seeds sampling, augmentation and initialisation (deterministic on "
                           "the CPU).", low=0)
     init_model: str | None = option(
@@ -176,3 +191,8 @@ class TrainConfig(Config):
             raise ConfigError(f"normalize must be percentiles 0 <= low < high <= 100, "
                               f"got {self.normalize}")
         self._set("normalize", (lo, hi))
+        voxel = voxel_size_of(self.voxel_size, "voxel_size")
+        if voxel is not None and len(voxel) != self.model.spatial_dims:
+            raise ConfigError(f"voxel_size {voxel} needs one number per spatial axis of a "
+                              f"{self.model.spatial_dims}D model")
+        self._set("voxel_size", voxel)

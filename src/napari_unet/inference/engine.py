@@ -21,8 +21,9 @@ import numpy as np
 from .. import postprocess
 from ..axes import resolve_layout
 from ..config import PredictConfig, resolve_mode
-from ..events import BlockDone, StageStarted
+from ..events import BlockDone, Notice, StageStarted
 from ..io import InputError, open_volume
+from ..ngff import voxel_size, voxel_size_notice
 from .input_digest import input_record
 from .job import (
     array_specs,
@@ -125,6 +126,7 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
     lead_shape = tuple(canonical.shape[:n_lead])
     spatial_shape = tuple(canonical.shape[n_lead + 1 :])
     plan_shapes(spatial_shape, spec, config)  # shapes, blocks and chunks checked: no I/O yet
+    scale_axes, image_voxel = _image_voxel_size(config, layout, info)
     if client is not None and output is None:
         raise InputError("a cluster run writes to a store every worker reaches: give an "
                          "output path")
@@ -144,6 +146,9 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
         config = config.replace(batch_size=measure_batch_size(
             module, recommended_tile(spec), spec.in_channels, device, precision))
 
+    notice = voxel_size_notice(spec.metadata.get("voxel_size"), image_voxel)
+    if notice:
+        yield Notice("predict", notice)
     yield StageStarted("normalize", message="computing intensity percentiles")
     norm, norm_record = job_normalization(canonical, n_lead, spec, config, source)
     # Instance labelling runs per time point, and per slice where a 2D model's slices are
@@ -178,7 +183,7 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
     def attrs_for(config: PredictConfig, plan: Plan, name: str, n_lower: int
                   ) -> dict[str, Any]:
         title = Path(str(output)).stem if output is not None else name
-        return result_attrs(config, plan, name, layout.axes, info.scale, title, n_lower)
+        return result_attrs(config, plan, name, scale_axes, image_voxel, title, n_lower)
 
     store, config, plan, job = open_job_store(output, planned, config, auto_batch,
                                               arrays_for, n_frames, attrs_for)
@@ -216,6 +221,21 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
         release_memory(device)
     result = store.result
     return result[...] if output is None else result
+
+
+def _image_voxel_size(config: PredictConfig, layout: Any, info: Any
+                      ) -> tuple[str, tuple[float, ...] | None]:
+    """The image's Z / Y / X axes and their voxel size: ``config.voxel_size`` (one number
+    per axis, or per axis of the model: Y and X of a 2D model's stack), else the image's
+    metadata (None where it says nothing)."""
+    axes = "".join(a for a in layout.axes if a in "ZYX")
+    if config.voxel_size is None:
+        return axes, voxel_size(axes, layout.axes, info.scale)
+    n = len(config.voxel_size)
+    if not len(layout.spatial_axes) <= n <= len(axes):
+        raise InputError(f"voxel_size {config.voxel_size} has {n} number(s); the image's "
+                         f"spatial axes are {axes!r}: give one per axis")
+    return axes[len(axes) - n:], tuple(config.voxel_size)  # (a 2D model's stack: Z unsaid)
 
 
 def _started(plan: Plan, flags: np.ndarray, executor: Any) -> Generator[Any, None, None]:

@@ -17,6 +17,7 @@ import dask.array as da
 import numpy as np
 
 from ..io import InputError, open_volume
+from ..ngff import voxel_size
 from ..normalize import Normalization, percentile_normalization
 from .augment import Augmenter, Draw, margin_for, noise_seed
 from .targets import IGNORE, make_target
@@ -56,6 +57,8 @@ class LabelStats:
     """Facts gathered in one pass over the labels."""
 
     max_label: int
+    # Voxel size of each image along its spatial axes (None where its metadata says nothing).
+    voxel_sizes: list[tuple[float, ...] | None] = dataclasses.field(default_factory=list)
 
 
 def _foreground_sample(labels: da.Array, max_points: int, seed: int
@@ -114,16 +117,18 @@ def prepare_pairs(
     out: list[TrainPair] = []
     max_label = 0
     channels = None
+    voxel_sizes: list[tuple[float, ...] | None] = []
     for k, pair in enumerate(pairs):
         try:
             image_src, label_src = pair
         except (TypeError, ValueError) as err:
             raise InputError(f"{what} pair {k}: expected an (image, labels) pair") from err
         name = f"{what} pair {k}"
-        image, _ = open_volume(image_src)
+        image, info = open_volume(image_src)
         labels, _ = open_volume(label_src)
         layout = training_layout(tuple(image.shape), tuple(labels.shape), spatial_dims, axes,
                                  name)
+        voxel_sizes.append(voxel_size(layout.spatial_axes, layout.axes, info.scale))
         image = layout.canonical(image)  # (*lead, C, *spatial)
         labels = labels.transpose([layout.axes.replace("C", "").index(a)
                                    for a in layout.lead_axes + layout.spatial_axes])
@@ -169,7 +174,7 @@ def prepare_pairs(
                    if label_mode == "scribbles" else "label some objects before training")
             )
     _load_small(out, in_memory_limit)
-    return out, LabelStats(max_label)
+    return out, LabelStats(max_label, voxel_sizes)
 
 
 def _take(arr: Any, index: tuple[slice, ...]) -> np.ndarray:

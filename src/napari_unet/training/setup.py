@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import postprocess
@@ -83,19 +84,30 @@ def _init_model(config: TrainConfig) -> tuple[TrainConfig, Any, bool]:
 
 
 def _data(train_data: Sequence[Any], val_data: Sequence[Any] | None, config: TrainConfig,
-          axes: str | None) -> tuple[list, list, str, int]:
+          axes: str | None) -> tuple[list, list, str, int, tuple[float, ...] | None]:
     sd, patch = config.model.spatial_dims, tuple(config.patch_size)
     common = dict(invert=config.invert, axes=axes)
     train, stats = prepare_pairs(train_data, sd, config.label_mode, patch, config.normalize,
                                  "training", config.seed, **common)
+    voxel = config.voxel_size or _common_voxel_size(stats.voxel_sizes)
     if val_data is not None and len(val_data):
         val, vstats = prepare_pairs(val_data, sd, config.label_mode, patch, config.normalize,
                                     "validation", config.seed, **common)
         return (train, val, f"{len(train)} training / {len(val)} validation pairs",
-                max(stats.max_label, vstats.max_label))
+                max(stats.max_label, vstats.max_label), voxel)
     train, val, note = split_validation(train, config.val_fraction, config.seed, patch,
                                         sparse=config.label_mode == "scribbles")
-    return train, val, note, stats.max_label
+    return train, val, note, stats.max_label, voxel
+
+
+def _common_voxel_size(sizes: list[tuple[float, ...] | None]) -> tuple[float, ...] | None:
+    """The training images' voxel size where every image states one and they agree (1 %)."""
+    if not sizes or any(s is None for s in sizes):
+        return None
+    first = np.asarray(sizes[0])
+    if any(len(s) != len(first) or not np.allclose(s, first, rtol=0.01) for s in sizes):
+        return None
+    return tuple(float(v) for v in first)
 
 
 def _architecture(config: TrainConfig, in_channels: int, n_classes: int, init: Any,
@@ -168,7 +180,8 @@ def prepare_run(train_data: Sequence[Any], val_data: Sequence[Any] | None,
     :class:`StageStarted` events; returns the :class:`Run`)."""
     config, init, partial = _init_model(config)
     yield StageStarted("prepare", message="checking and sampling the training data")
-    train_pairs, val_pairs, split_note, max_label = _data(train_data, val_data, config, axes)
+    train_pairs, val_pairs, split_note, max_label, voxel = _data(train_data, val_data, config,
+                                                                 axes)
     if config.label_mode == "scribbles" and max_label < 2:
         raise InputError(
             "scribbles need at least two classes: paint background with label 1 and "
@@ -219,6 +232,8 @@ def prepare_run(train_data: Sequence[Any], val_data: Sequence[Any] | None,
                else make_loss(config.loss, n_classes == 2, weights, config.target))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     meta, grow_for = _metadata(config, n_classes, init, partial, sampler, metadata)
+    if voxel is not None:
+        meta["voxel_size"] = list(voxel)
     return Run(
         config=config, split_note=split_note, n_classes=n_classes, sampler=sampler,
         val_sampler=val_sampler, val_set=val_sampler.fixed_patches(config.val_patches,

@@ -22,6 +22,8 @@ _LAZY = {
     "CheckpointError": "napari_unet.errors",
     "predict": "napari_unet.api",
     "predict_iter": "napari_unet.api",
+    "predict_many": "napari_unet.api",
+    "predict_many_iter": "napari_unet.api",
     "train": "napari_unet.api",
     "train_iter": "napari_unet.api",
     "cross_validate": "napari_unet.api",
@@ -38,7 +40,15 @@ __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._napari._console import segment
-    from .api import cross_validate, predict, predict_iter, train, train_iter
+    from .api import (
+        cross_validate,
+        predict,
+        predict_iter,
+        predict_many,
+        predict_many_iter,
+        train,
+        train_iter,
+    )
     from .config import ConfigError, ModelConfig, PredictConfig, TrainConfig
     from .evaluation import evaluate
     from .io import InputError, open_volume

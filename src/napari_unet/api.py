@@ -8,7 +8,8 @@ from typing import Any
 from .config import PredictConfig, TrainConfig
 from .events import drain
 
-__all__ = ["predict", "predict_iter", "train", "train_iter", "cross_validate"]
+__all__ = ["predict", "predict_iter", "predict_many", "predict_many_iter", "train",
+           "train_iter", "cross_validate"]
 
 
 def predict_iter(
@@ -78,6 +79,28 @@ def predict(
     ...                     mode="instances")                        # doctest: +SKIP
     """
     return drain(predict_iter(model, image, output, config, cancel, client, **options), progress)
+
+
+def predict_many_iter(model: Any, inputs: Any, out_dir: Any,
+                      config: PredictConfig | None = None, **options: Any
+                      ) -> Generator[Any, None, Any]:
+    """Generator form of :func:`predict_many` (see :mod:`napari_unet.batch`)."""
+    from .batch import predict_many_iter as _predict_many_iter
+
+    return (yield from _predict_many_iter(model, inputs, out_dir, config, **options))
+
+
+def predict_many(model: Any, inputs: Any, out_dir: Any, config: PredictConfig | None = None,
+                 *, progress: Callable[[Any], None] | None = None,
+                 cancel: Callable[[], bool] | None = None, **options: Any) -> Any:
+    """Segment a folder, a glob pattern or a list of images into ``out_dir``: per image a
+    mask and an overlay, one ``summary.csv`` (and with ``objects=True`` a per-object
+    table); a failing file is reported and skipped, a rerun skips finished files.  Returns a
+    :class:`~napari_unet.batch.BatchResult` (see :mod:`napari_unet.batch`)."""
+    from .batch import predict_many as _predict_many
+
+    return _predict_many(model, inputs, out_dir, config, progress=progress, cancel=cancel,
+                         **options)
 
 
 def train_iter(

@@ -122,6 +122,12 @@ def _predict(args: argparse.Namespace) -> int:
     config = config.replace(**config_changes(args, PredictConfig))
     model = args.model
     bar = _Bar(args.quiet)
+    if _is_batch(args.input):
+        if args.scheduler or args.workers:
+            from .io import InputError
+
+            raise InputError("a batch runs on this machine: drop --scheduler / --workers")
+        return _predict_batch(args, model, config, bar)
     client = cluster = None
     if args.scheduler or args.workers:
         try:
@@ -138,7 +144,8 @@ def _predict(args: argparse.Namespace) -> int:
                                    processes=True, dashboard_address=None)
             client = Client(cluster)
     try:
-        result = predict(model, args.input, args.output, config, progress=bar, client=client)
+        result = predict(model, args.input[0], args.output, config, progress=bar,
+                         client=client)
     finally:
         bar.close()
         if client is not None:
@@ -147,6 +154,33 @@ def _predict(args: argparse.Namespace) -> int:
             cluster.close()
     print(f"wrote {args.output} ({result.shape}, {result.dtype})")
     return 0
+
+
+def _is_batch(inputs: list[str]) -> bool:
+    """Several inputs, a folder that is not a zarr store, or a glob pattern."""
+    if len(inputs) != 1:
+        return True
+    path = Path(inputs[0])
+    if not path.exists():
+        return any(c in inputs[0] for c in "*?[")
+    return path.is_dir() and path.suffix.lower() != ".zarr" and not any(
+        (path / n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def _predict_batch(args: argparse.Namespace, model: Any, config: Any, bar: Any) -> int:
+    from .batch import predict_many
+
+    try:
+        result = predict_many(model, args.input, args.output, config, progress=bar,
+                              overlays=not args.no_overlays, objects=args.objects)
+    finally:
+        bar.close()
+    done = sum(r["status"] != "failed" for r in result.rows)
+    print(f"segmented {done} of {len(result.rows)} image(s) -> {args.output} "
+          f"(summary.csv)")
+    for row in result.failed:
+        print(f"  failed: {row['file']}: {row.get('error', '')}")
+    return 1 if result.failed else 0
 
 
 def _pairs_from_folders(images: str, labels: str) -> list[tuple[str, str]]:
@@ -346,9 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "built-in model")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("predict", help="segment an image (zarr / OME-Zarr / TIFF) into zarr")
-    p.add_argument("input", help="image: .zarr folder or .tif file")
-    p.add_argument("output", help="output .zarr folder (resumed if it holds this job)")
+    p = sub.add_parser("predict", help="segment an image (zarr / OME-Zarr / TIFF) into zarr, "
+                                       "or a folder / glob / list of images into a folder")
+    p.add_argument("input", nargs="+",
+                   help="image: .zarr folder or .tif file; or several, a folder of images "
+                        "or a quoted glob such as 'plate1/*.png' (batch: TIFF, PNG, JPEG, "
+                        "BMP, zarr)")
+    p.add_argument("output", help="output .zarr folder (resumed if it holds this job); for "
+                                  "a batch, a folder of masks, overlays and summary.csv")
+    p.add_argument("--objects", action="store_true",
+                   help="batch: also a per-object table (objects.csv)")
+    p.add_argument("--no-overlays", action="store_true",
+                   help="batch: no overlay images")
     p.add_argument("--model", help="model file (.safetensors); default: the built-in model")
     p.add_argument("--config", help="PredictConfig as YAML/JSON; flags override it")
     add_config_options(p, PredictConfig)

@@ -227,7 +227,8 @@ class SegmentWidget(Container):
                            + (" (view)" if region is not None else ""))
         geometry = layer_geometry(layer, layer_data(layer).ndim - (1 if layer.rgb else 0),
                                   region)
-        state: dict[str, Any] = {"layer": None, "last_refresh": 0.0, "sd": spatial_dims,
+        state: dict[str, Any] = {"layer": None, "last_refresh": 0.0, "refresh_s": 0.0,
+                                 "sd": spatial_dims,
                                  "mode": config.mode}
 
         address = self.scheduler.value.strip() if region is None else ""
@@ -259,9 +260,14 @@ class SegmentWidget(Container):
             elif isinstance(event, (BlockDone, Progress)):
                 self.progress.value = event.done
                 now = time.monotonic()
-                if state["layer"] is not None and now - state["last_refresh"] > 0.25:
+                # A refresh redraws what is in view, which for a large single-scale layer
+                # (the class map of an instance run) means reading the whole plane: wait
+                # ten times as long as the last one took, so the GUI and the run keep going.
+                if (state["layer"] is not None
+                        and now - state["last_refresh"] > max(0.25, 10 * state["refresh_s"])):
                     state["layer"].refresh()
-                    state["last_refresh"] = now
+                    state["last_refresh"] = time.monotonic()
+                    state["refresh_s"] = state["last_refresh"] - now
 
         def on_done(result):
             self._show_result(result, output, name, geometry, state)

@@ -156,8 +156,9 @@ class PyramidBuilder:
         return int(np.prod([g.stop - g.start for g in grid]))
 
     def _boxes(self, ready: np.ndarray) -> Generator[tuple[slice, ...], None, None]:
-        """Ready chunks in boxes of up to TILE x TILE in Y and X (one read and one write per
-        box: per chunk, reading and writing cost several times the downsampling)."""
+        """Ready chunks in boxes of up to TILE x TILE in Y and X: a tile's ready chunks as one
+        box where they form a rectangle, else one by one (one read and one write per box:
+        per chunk, reading and writing cost several times the downsampling)."""
         t = TILE
         h, w = ready.shape[-2:]
         for index in np.ndindex(*ready.shape[:-2]):
@@ -165,10 +166,13 @@ class PyramidBuilder:
             for ty in range(0, h, t):
                 for tx in range(0, w, t):
                     tile = plane[ty:ty + t, tx:tx + t]
+                    if not tile.any():
+                        continue
                     head = tuple(slice(i, i + 1) for i in index)
-                    if tile.all():
-                        yield (*head, slice(ty, ty + tile.shape[0]),
-                               slice(tx, tx + tile.shape[1]))
+                    ys, xs = np.nonzero(tile.any(axis=1))[0], np.nonzero(tile.any(axis=0))[0]
+                    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+                    if tile[y0:y1, x0:x1].all():  # one rectangle (a block's share of it)
+                        yield (*head, slice(ty + y0, ty + y1), slice(tx + x0, tx + x1))
                         continue
                     for y, x in np.argwhere(tile):
                         yield (*head, slice(ty + y, ty + y + 1), slice(tx + x, tx + x + 1))

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["Progress", "BlockDone", "StageStarted", "Notice", "EpochEnd", "Preview",
+__all__ = ["Progress", "BlockDone", "StageStarted", "Notice", "EpochEnd", "Preview", "Writing",
            "Cancelled", "drain"]
 
 R = TypeVar("R")
@@ -53,6 +53,18 @@ class BlockDone:
     done: int
     total: int
     skipped: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Writing:
+    """The array blocks are being written into, to show while it fills: level 0 of the
+    result, or the class map of an instance job (labelled at the end).  Also for results
+    kept in memory, so a viewer can show the first blocks of any run."""
+
+    array: Any  # a zarr array
+
+    def __repr__(self) -> str:
+        return f"Writing(shape={getattr(self.array, 'shape', None)})"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["NGFF_VERSION", "ngff_axes_ok", "multiscale_attrs", "scale_for_axes", "voxel_size",
-           "voxel_size_notice"]
+           "voxel_size_notice", "labels_image_of", "register_label"]
 
 NGFF_VERSION = "0.5"
 _AXIS = {"T": ("t", "time"), "C": ("c", "channel"), "Z": ("z", "space"),
@@ -116,3 +116,52 @@ def multiscale_attrs(axes: str, scale: Sequence[float], name: str, labels: bool,
     if labels:
         ome["image-label"] = {}
     return {"ome": ome}
+
+
+def labels_image_of(output: Any) -> Any:
+    """The OME-Zarr image whose ``labels`` group ``output`` is in (``image.zarr/labels/
+    NAME``), or None for any other output path.
+
+    Raises
+    ------
+    InputError
+        The image is OME-Zarr 0.4 (zarr v2): labels written by napari-unet are zarr v3.
+    """
+    from pathlib import Path
+
+    import zarr
+
+    from .errors import InputError
+
+    if output is None:
+        return None
+    output = Path(output)
+    image = output.parent.parent
+    if output.parent.name != "labels" or not image.is_dir():
+        return None
+    try:
+        group = zarr.open_group(str(image), mode="r")
+    except Exception:
+        return None
+    attrs = dict(group.attrs)
+    if "multiscales" in attrs:
+        raise InputError(
+            f"{str(image)!r} is an OME-Zarr 0.4 (zarr v2) image; napari-unet writes labels "
+            "as OME-Zarr 0.5 (zarr v3), which its readers would not find there -- write "
+            "them to a store of their own (e.g. nuclei.zarr) or convert the image to 0.5")
+    return image if isinstance(attrs.get("ome"), dict) and "multiscales" in attrs["ome"] \
+        else None
+
+
+def register_label(image: Any, name: str) -> None:
+    """List label image ``name`` in the ``labels`` group of OME-Zarr 0.5 image ``image``
+    (creating the group), so that OME-Zarr readers find it."""
+    import zarr
+
+    root = zarr.open_group(str(image), mode="r+")
+    labels = root.require_group("labels")
+    ome = dict(labels.attrs.get("ome") or {"version": NGFF_VERSION})
+    names = list(ome.get("labels") or [])
+    if name not in names:
+        ome["labels"] = [*names, name]
+        labels.attrs["ome"] = ome

@@ -141,3 +141,54 @@ def test_voxel_size_given_goes_to_the_result(tmp_path, rng):
 
     with pytest.raises(InputError, match="one per axis"):
         nu.predict(tiny_unet(2), x, device="cpu", voxel_size=(1.0, 0.3, 0.3))
+
+
+def _ome_image(path, data, scale, version="0.5"):
+    if version == "0.5":
+        root = zarr.open_group(str(path), mode="w")
+        root.attrs.update(multiscale_attrs("YX", scale, "img", labels=False))
+        root.create_array("0", data=data, chunks=(32, 32))
+    else:
+        root = zarr.open_group(str(path), mode="w", zarr_format=2)
+        root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+            {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": list(scale)}]}]}]
+        root.create_array("0", data=data, chunks=(32, 32))
+
+
+def test_labels_go_into_an_ome_zarr_images_labels_group(tmp_path):
+    from ome_zarr_models.v05 import Labels
+
+    from napari_unet.data.synthetic import synthetic_nuclei
+
+    image, _ = synthetic_nuclei((64, 96), seed=4)
+    img = tmp_path / "img.zarr"
+    _ome_image(img, image, [0.5, 0.5])
+    model = tiny_unet(2, out_channels=3)
+    out = img / "labels" / "nuclei"
+    nu.predict(model, img, out, mode="instances", device="cpu")
+    labels_group = zarr.open_group(str(img / "labels"), mode="r")
+    assert Labels.from_zarr(labels_group).ome_attributes.labels == ["nuclei"]
+    label = ImageLabel.from_zarr(zarr.open_group(str(out), mode="r"))  # at NAME itself
+    assert _scale(label) == pytest.approx([0.5, 0.5])
+    paths = [d.path for d in label.ome_attributes.multiscales[0].datasets]
+    level0 = zarr.open_group(str(out), mode="r")[paths[0]][:]
+    np.testing.assert_array_equal(level0, nu.predict(model, image, mode="instances",
+                                                     device="cpu"))
+    # Written into the image's folder, yet the image is unchanged: the run resumes, and a
+    # second label image is listed beside the first.
+    nu.predict(model, img, out, mode="instances", device="cpu")
+    nu.predict(model, img, img / "labels" / "classes", mode="semantic", device="cpu")
+    assert Labels.from_zarr(zarr.open_group(str(img / "labels"), mode="r")
+                            ).ome_attributes.labels == ["nuclei", "classes"]
+
+
+def test_labels_into_an_ome_zarr_04_image_are_refused_before_writing(tmp_path, rng):
+    from napari_unet.errors import InputError
+
+    img = tmp_path / "old.zarr"
+    _ome_image(img, rng.random((64, 64)).astype(np.float32), [1.0, 1.0], version="0.4")
+    with pytest.raises(InputError, match="0.4"):
+        nu.predict(tiny_unet(2), img, img / "labels" / "x", device="cpu")
+    assert not (img / "labels").exists()

@@ -36,7 +36,14 @@ def _is_labels(path: Path, dtype: Any) -> bool:
     except Exception:
         record = None
     if isinstance(record, dict):
-        return record.get("result") == "labels"
+        if record.get("result") == "labels":
+            return True
+        try:  # a label image (written into an OME-Zarr image's labels group)
+            result = record.get("result")
+            ome = dict((node if result == "." else node[result]).attrs).get("ome") or {}
+        except Exception:
+            return False
+        return "image-label" in ome
     return dtype.kind in "iu" and "label" in path.name.lower()
 
 

@@ -221,7 +221,7 @@ class SegmentWidget(Container):
 
     def _start(self, layer, data, model_path, config, output, region, spatial_dims):
         from ..api import predict_iter
-        from ..events import BlockDone, Notice, Progress, StageStarted
+        from ..events import BlockDone, Notice, Progress, StageStarted, Writing
 
         name = unique_name(self.viewer, f"{layer.name} {config.mode}"
                            + (" (view)" if region is not None else ""))
@@ -254,6 +254,10 @@ class SegmentWidget(Container):
                 if event.stage == "predict" and output is not None and state["layer"] is None:
                     state["layer"] = self._live_layer(output, name, geometry, spatial_dims,
                                                       config.mode)
+            elif isinstance(event, Writing) and output is None and state["layer"] is None:
+                # In memory too, the first blocks show as soon as they are written.
+                state["layer"] = self._layer_of(event.array, name, geometry, spatial_dims,
+                                                config.mode)
             elif isinstance(event, Notice):
                 self.status.value = event.message
                 show_warning(f"napari-unet: {event.message}")
@@ -317,6 +321,17 @@ class SegmentWidget(Container):
         return self.viewer.add_labels(_one_or_all(_result_levels(output, "labels")),
                                       name=name, **geometry)
 
+    def _layer_of(self, array: Any, name: str, geometry: dict[str, Any], spatial_dims: int,
+                  mode: str) -> Any:
+        """A layer showing an array being written (in memory)."""
+        if mode == "probabilities":
+            import dask.array as da
+
+            fg = self._foreground(da.from_zarr(array), spatial_dims, self._distance)
+            return self.viewer.add_image(fg, name=name, colormap="magma",
+                                         contrast_limits=(0, 1), **geometry)
+        return self.viewer.add_labels(array, name=name, **geometry)
+
     def _show_result(self, result, output, name, geometry, state) -> None:
         layer = state["layer"]
         if state["mode"] == "probabilities":
@@ -324,6 +339,8 @@ class SegmentWidget(Container):
                 fg = self._foreground(result, state["sd"], self._distance)
                 state["layer"] = self.viewer.add_image(fg, name=name, colormap="magma",
                                                        contrast_limits=(0, 1), **geometry)
+            elif output is None:  # from the array being written to the result in memory
+                layer.data = self._foreground(result, state["sd"], self._distance)
             return
         levels = _result_levels(output, "labels") if output is not None else [result]
         if layer is None:

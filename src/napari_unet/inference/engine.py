@@ -21,9 +21,9 @@ import numpy as np
 from .. import postprocess
 from ..axes import resolve_layout
 from ..config import PredictConfig, resolve_mode
-from ..events import BlockDone, Notice, StageStarted
+from ..events import BlockDone, Notice, StageStarted, Writing
 from ..io import InputError, open_volume
-from ..ngff import voxel_size, voxel_size_notice
+from ..ngff import labels_image_of, register_label, voxel_size, voxel_size_notice
 from .input_digest import input_record
 from .job import (
     array_specs,
@@ -37,6 +37,7 @@ from .job import (
 from .plan import Plan, plan_shapes, recommended_tile
 from .pyramid import PyramidBuilder
 from .spec import ModelSpec, resolve_model
+from .store import ROOT
 
 __all__ = ["predict_iter", "plan_shapes", "resolve_model", "recommended_tile", "ModelSpec"]
 
@@ -116,6 +117,7 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
 
     config = config.replace(mode=resolve_mode(config.mode, spec.metadata, spec.out_channels))
     check_output_path(image, output)
+    label_of = labels_image_of(output)  # image.zarr/labels/NAME: a label of that image
     array, info = open_volume(image)
     source = info.source
     axes = config.axes or (info.axes if info.axes and len(info.axes) == array.ndim else None)
@@ -171,6 +173,9 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
 
     def arrays_for(config: PredictConfig, plan: Plan) -> tuple[dict[str, Any], str]:
         arrays, name = array_specs(config, spec, plan, in_store=output is not None)
+        if label_of is not None:  # a label image in an image's labels/: levels at the root
+            arrays[ROOT] = arrays.pop(name)
+            name = ROOT
         if client is not None:
             from .distributed import MODEL_ARRAY
 
@@ -187,6 +192,8 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
 
     store, config, plan, job = open_job_store(output, planned, config, auto_batch,
                                               arrays_for, n_frames, attrs_for)
+    if label_of is not None:
+        register_label(label_of, Path(str(output)).name)
     executor = _executor(spec, store, plan, job, config, client, canonical, norm, precision,
                          device, module, source, info, cluster_source if client else None,
                          model_blob if client else None)
@@ -195,6 +202,7 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
     try:
         flags, todo = store.todo_blocks()
         yield from _started(plan, flags, executor)
+        yield Writing(store["semantic" if config.mode == "instances" else store.result_name])
         if config.mode != "instances":  # level 0 is final block by block
             for i in np.flatnonzero(flags):
                 pyramid.mark(*plan.units[i])

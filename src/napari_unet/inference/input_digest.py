@@ -57,15 +57,18 @@ def _content_digest(arr: da.Array) -> dict[str, Any]:
 
 
 def _local_path(reader: Any, source: str) -> Path | None:
-    """The file or folder on disk that holds the input's data, where there is one."""
-    if source and os.path.exists(source):
-        return Path(source)
+    """The file or folder on disk that holds the input's data, where there is one: the
+    zarr array's own folder where known (so that other arrays of the same store, e.g. labels
+    written into an OME-Zarr image, are not the input), else the source path."""
     store = getattr(reader, "store", None)
     root = getattr(store, "root", None)
-    if root is None:
-        return None
-    path = Path(root) / str(getattr(reader, "path", "") or "")
-    return path if path.exists() else None
+    if root is not None:
+        path = Path(root) / str(getattr(reader, "path", "") or "")
+        if path.exists():
+            return path
+    if source and os.path.exists(source):
+        return Path(source)
+    return None
 
 
 def _file_signature(path: Path) -> dict[str, Any]:

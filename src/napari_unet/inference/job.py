@@ -198,5 +198,6 @@ def result_attrs(config: PredictConfig, plan: Plan, name: str, source_axes: str 
         return {}
     scale = scale_for_axes(axes, source_axes, source_scale)
     factors = [[1] * (len(axes) - 2) + [2**k, 2**k] for k in range(n_lower + 1)]
-    return multiscale_attrs(axes, scale, title, labels=name == "labels",
+    return multiscale_attrs(axes, scale, title,
+                            labels=config.mode not in ("probabilities", "logits"),
                             n_levels=n_lower + 1, factors=factors)

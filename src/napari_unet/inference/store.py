@@ -39,11 +39,15 @@ from .input_digest import describe_change
 from .pyramid import DONE_PREFIX
 
 __all__ = ["OutputStore", "OutputExistsError", "fingerprint", "result_compressors", "LEVEL0",
-           "STORE_FORMAT"]
+           "STORE_FORMAT", "ROOT"]
 
 # 2: the result is a multiscale group (level "0"); 1: the result was an array.
 STORE_FORMAT = 2
 LEVEL0 = "0"
+# The result's name where the store's root is the result: a label image written into an
+# OME-Zarr image's labels group holds its levels at its root, as OME-Zarr readers expect.
+ROOT = "."
+RESULT_NAMES = ("labels", "probabilities", "logits")
 
 
 from ..errors import OutputExistsError  # noqa: E402
@@ -85,8 +89,9 @@ class OutputStore:
         record = dict(group.attrs[RESULT_ATTR])
         self.record = record
         self.result_name: str = record["result"]
-        self._result_path = (f"{self.result_name}/{LEVEL0}"
-                             if record.get("format", 1) >= 2 else self.result_name)
+        self._result_path = (self.result_name if record.get("format", 1) < 2
+                             else LEVEL0 if self.result_name == ROOT
+                             else f"{self.result_name}/{LEVEL0}")
         self.blocks_done = group["blocks_done"]
         self._done_cache: np.ndarray | None = None
 
@@ -115,7 +120,8 @@ class OutputStore:
             Name -> ``dict(shape=, chunks=, dtype=)`` of the arrays to create; the result's
             may list the shapes of its lower resolutions as ``levels`` (:mod:`.pyramid`).
         result : str
-            Name of the array holding the final result.
+            Name of the group holding the final result (:data:`ROOT`: the store's root, for
+            a store that is a label image inside an OME-Zarr image's ``labels`` group).
         overwrite : bool
             Replace an existing store that belongs to another job.
         result_attrs : mapping, optional
@@ -166,8 +172,9 @@ class OutputStore:
         if not os.access(parent, os.W_OK):
             raise InputError(f"cannot write the output: folder {str(parent)!r} is not writable")
         group = zarr.open_group(str(path), mode="w")
-        return cls._create(group, job, fp, arrays, result, n_blocks, n_frames, path,
-                           result_attrs)
+        store = cls._create(group, job, fp, arrays, result, n_blocks, n_frames, path,
+                            result_attrs)
+        return store
 
     @classmethod
     def stored_fingerprint(cls, path: str | os.PathLike) -> str | None:
@@ -205,7 +212,11 @@ class OutputStore:
             spec = {"compressors": result_compressors(spec["dtype"]), **spec}
             if name == result:
                 attrs = dict(result_attrs or {})
-                sub = group.create_group(name, attributes=attrs)
+                if name == ROOT:
+                    group.attrs.update(attrs)
+                    sub = group
+                else:
+                    sub = group.create_group(name, attributes=attrs)
                 axes = ((attrs.get("ome") or {}).get("multiscales") or [{}])[0].get("axes")
                 if axes:  # OME-Zarr 0.5: the arrays name their dimensions as the axes
                     spec["dimension_names"] = [a["name"] for a in axes]
@@ -285,9 +296,13 @@ class OutputStore:
         """The result's resolutions, level 0 first (one level in stores of format 1)."""
         if self.record.get("format", 1) < 2:
             return [self.result]
-        sub = self.group[self.result_name]
+        sub = self.group if self.result_name == ROOT else self.group[self.result_name]
         names = sorted((n for n, _ in sub.arrays() if n.isdigit()), key=int)
         return [sub[n] for n in names]
 
     def __getitem__(self, name: str) -> zarr.Array:
-        return self.result if name == self.result_name else self.group[name]
+        """An array of the store by name; the result's usual name ("labels", ...) gives
+        level 0 also where the result is the store's root."""
+        if name == self.result_name or (self.result_name == ROOT and name in RESULT_NAMES):
+            return self.result
+        return self.group[name]

@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 import napari_unet as nu
-from napari_unet._napari import _segment_widget, _train_widget, _workers
+from napari_unet._napari import _batch_widget, _segment_widget, _train_widget, _workers
 from napari_unet._napari._evaluate_widget import EvaluateWidget
 from napari_unet._napari._registry import registry
 from napari_unet._napari._segment_widget import SegmentWidget
@@ -25,9 +25,9 @@ def messages(monkeypatch):
     seen: list[str] = []
     import napari.utils.notifications as notifications
 
-    for module in (notifications, _segment_widget, _train_widget):
-        monkeypatch.setattr(module, "show_error", seen.append, raising=False)
-        monkeypatch.setattr(module, "show_info", seen.append, raising=False)
+    for module in (notifications, _segment_widget, _train_widget, _batch_widget):
+        for name in ("show_error", "show_info", "show_warning"):
+            monkeypatch.setattr(module, name, seen.append, raising=False)
     return seen
 
 
@@ -464,3 +464,37 @@ def test_train_widget_fine_tunes_a_model_from_scribbles(make_napari_viewer, qtbo
     assert model.config.out_channels == 4 and model.metadata["label_mode"] == "instances"
     if w._preview_job is not None:
         _wait(qtbot, w._preview_job)
+
+
+def test_batch_widget_segments_a_folder(make_napari_viewer, qtbot, tmp_path, messages):
+    import tifffile
+
+    from napari_unet._napari._batch_widget import BatchWidget
+
+    viewer = make_napari_viewer()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for seed in range(3):
+        image, _ = synthetic_nuclei((48, 64), seed=seed)
+        tifffile.imwrite(folder / f"i{seed}.tif", image)
+    (folder / "bad.tif").write_bytes(b"garbage")
+    path = nu.save_model(tiny_unet(2, out_channels=3), tmp_path / "b.safetensors",
+                         label_mode="instances")
+    w = BatchWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.run() is None and any("choose the folder" in m for m in messages)
+    w.inputs.value = str(folder)
+    w.output.value = str(tmp_path / "out")
+    w.model.value = registry.add("tiny 2D batch (test)", path)
+    w.pattern.value = "i*.tif"
+    job = w.run()
+    _wait(qtbot, job)
+    assert "3 of 3 images" in w.status.value
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == [
+        "i0.tif", "i1.tif", "i2.tif"]
+    w.pattern.value = ""  # the whole folder: the broken file is reported, the rest skipped
+    job = w.run()
+    _wait(qtbot, job)
+    assert "3 of 4 images" in w.status.value and "1 failed" in w.status.value
+    assert any("bad.tif" in m for m in messages)
+    assert [r["status"] for r in w.result.rows].count("skipped (done)") == 3

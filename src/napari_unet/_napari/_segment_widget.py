@@ -39,12 +39,11 @@ from ._layers import (
     unique_name,
     visible_region,
 )
-from ._registry import registry
+from ._model_choice import ModelChooser
 
 __all__ = ["SegmentWidget"]
 
 IN_MEMORY_LIMIT = 64 * 2**20  # voxels; larger images go to a zarr store
-FILE_CHOICE = "model file..."
 
 
 def _on_cluster(address, model_path, source, output, config, job):
@@ -68,9 +67,8 @@ class SegmentWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.image = create_widget(annotation=napari.layers.Image, label="image")
-        self.model = ComboBox(label="model", choices=self._model_choices)
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors",
-                                   visible=False)
+        self._models = ModelChooser(self)
+        self.model, self.model_file = self._models.combo, self._models.file
         # Settings are a view of PredictConfig: defaults, choices, ranges and help from its
         # options (logits, the raw output, are for scripts).
         defaults = PredictConfig()
@@ -113,39 +111,15 @@ class SegmentWidget(Container):
             self.store_path, self.overwrite, self.scheduler, self.view_only, self.run_button,
             self.cancel_button, self.progress, self.status,
         ])
-        self.model.changed.connect(self._on_model_choice)
         self.store.changed.connect(
             lambda v: setattr(self.store_path, "visible", v == "zarr file"))
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        registry.changed.connect(self._refresh_models)
-        # The registry outlives dock widgets: stop notifying one once Qt has deleted it.
-        self.native.destroyed.connect(
-            lambda *_: registry.changed.disconnect(self._refresh_models, missing_ok=True))
         self.job: _workers.Job | None = None
         self._distance = False  # the model of the last run predicts distances
-        self._on_model_choice(self.model.value)
-
-    # -- models -----------------------------------------------------------------------------
-    def _model_choices(self, *_: Any) -> list[str]:
-        return [*registry.choices(), FILE_CHOICE]
-
-    def _refresh_models(self) -> None:
-        self.model.reset_choices()
-
-    def _on_model_choice(self, value: Any) -> None:
-        self.model_file.visible = value == FILE_CHOICE
 
     def model_path(self) -> Path:
-        if self.model.value == FILE_CHOICE:
-            path = Path(self.model_file.value)
-            if not path.is_file():
-                raise InputError("choose a model file (.safetensors)")
-            return path
-        path = registry.path(self.model.value)
-        if path is None:
-            raise InputError("no model selected: train one or choose a model file")
-        return path
+        return self._models.path()
 
     # -- run --------------------------------------------------------------------------------
     def _config(self, meta: dict[str, Any], layer: Any) -> PredictConfig:

@@ -147,11 +147,11 @@ def merge_strokes(pred_inst: np.ndarray, labels: np.ndarray, marks: np.ndarray, 
         if lab.ndim == 3:
             z = int(np.argmax(obj.sum(axis=(1, 2))))
             obj, lab = obj[z], lab[z]
-        # Pixels of the merged object closer to a second true object than the width of a
-        # line: the contact, or the bridged gap between them.
-        for r in (2, 4, 6):  # wider where the preview bridged a wider gap
+        # The line where two of the true objects touch (a pixel of each side), or else the
+        # background the preview bridged between them.
+        for r in (1, 2, 4, 6):  # further out where the preview bridged a wider gap
             near = sum(ndi.binary_dilation(lab == i, iterations=r).astype(int) for i in ids)
-            line_ = obj & (near >= 2) & ((lab == 0) | (r == 2))
+            line_ = obj & (near >= 2) & ((lab == 0) | (r == 1))
             if line_.any():
                 break
         target = out[box] if labels.ndim == 2 else out[box][z]

@@ -11,6 +11,7 @@
    synthetic result above (level 0 alone against level 0 plus pyramid).
 
     xvfb-run -a .venv/bin/python benchmarks/pyramid_viewing.py [--side 20000]
+    xvfb-run -a .venv/bin/python benchmarks/pyramid_viewing.py --volume 512,2048,2048
 """
 
 from __future__ import annotations
@@ -31,32 +32,39 @@ RESULTS = Path(__file__).resolve().parent / "results" / "pyramid_viewing.json"
 BLOCK = 2048
 
 
-def write_result(path: Path, side: int, pyramid: bool) -> float:
-    """A synthetic labels result written block by block through the engine's store and
-    pyramid builder; returns the seconds it took."""
+def write_result(path: Path, shape: tuple[int, ...], pyramid: bool) -> float:
+    """A synthetic labels result (2D, or 3D: the 2D pattern in slabs of 64 slices) written
+    block by block through the engine's store and pyramid builder; returns the seconds."""
     from napari_unet.data.synthetic import synthetic_nuclei
     from napari_unet.inference.pyramid import PyramidBuilder, level_shapes
     from napari_unet.inference.store import OutputStore
     from napari_unet.ngff import multiscale_attrs
 
-    _, tile = synthetic_nuclei((BLOCK, BLOCK), seed=0)
+    three_d = len(shape) == 3
+    side = BLOCK if not three_d else 512
+    _, tile = synthetic_nuclei((side, side), seed=0)
     tile = tile.astype(np.uint32)
-    shape = (side, side)
+    block = (64, side, side) if three_d else (side, side)
+    chunks = (64, 64, 64) if three_d else (256, 256)
     lower = level_shapes(shape)[1:] if pyramid else []
-    factors = [[2**k, 2**k] for k in range(len(lower) + 1)]
-    arrays = {"labels": dict(shape=shape, chunks=(256, 256), dtype="uint32", levels=lower)}
-    blocks = [(slice(y, min(y + BLOCK, side)), slice(x, min(x + BLOCK, side)))
-              for y in range(0, side, BLOCK) for x in range(0, side, BLOCK)]
+    factors = [[1] * (len(shape) - 2) + [2**k, 2**k] for k in range(len(lower) + 1)]
+    arrays = {"labels": dict(shape=shape, chunks=chunks, dtype="uint32", levels=lower)}
+    blocks = [tuple(slice(s.start * b, min((s.start + 1) * b, n)) for s, b, n in
+                    zip((slice(i, i + 1) for i in o), block, shape, strict=True))
+              for o in np.ndindex(*[-(-n // b) for n, b in zip(shape, block, strict=True)])]
     t0 = time.perf_counter()
     store = OutputStore.open_or_create(
-        path, {"benchmark": side, "pyramid": pyramid}, arrays, "labels", len(blocks), 0, True,
-        multiscale_attrs("YX", [1.0, 1.0], "synthetic", True, len(lower) + 1, factors))
+        path, {"benchmark": list(shape), "pyramid": pyramid}, arrays, "labels", len(blocks),
+        0, True, multiscale_attrs("ZYX"[-len(shape):], [1.0] * len(shape), "synthetic", True,
+                                  len(lower) + 1, factors))
     builder = PyramidBuilder(store, 0)
     step = int(tile.max()) + 1
     for n, region in enumerate(blocks):
-        h, w = (r.stop - r.start for r in region)
-        block = tile[:h, :w]
-        store.result[region] = np.where(block > 0, block + n * step, 0).astype(np.uint32)
+        h, w = (r.stop - r.start for r in region[-2:])
+        data = np.where(tile[:h, :w] > 0, tile[:h, :w] + n * step, 0).astype(np.uint32)
+        if three_d:
+            data = np.broadcast_to(data, (region[0].stop - region[0].start, h, w))
+        store.result[region] = data
         store.mark_block(n)
         builder.block_done((), region)
     list(builder.finish())
@@ -85,7 +93,7 @@ def view(path: Path, multiscale: bool) -> dict:
     layer = viewer.add_labels(levels if multiscale else levels[0], name="result")
     viewer.reset_view()
     first = time.perf_counter() - t0 + frame()
-    side = levels[0].shape[0]
+    side = levels[0].shape[-1]
     viewer.camera.zoom = 1.0  # one screen pixel per voxel
     times = []
     for k in range(12):
@@ -120,22 +128,53 @@ def run_cost(tmp: Path, side: int) -> dict:
                       for m in ("instances", "probabilities")}}
 
 
+def volume(shape: tuple[int, ...]) -> None:
+    """A large 3D result: written with its pyramid, validated, opened in napari."""
+    import zarr
+    from ome_zarr_models.v05 import ImageLabel
+
+    tmp = Path(tempfile.mkdtemp(prefix="nu-pyramid3d-"))
+    try:
+        seconds = write_result(tmp / "volume.zarr", shape, pyramid=True)
+        model = ImageLabel.from_zarr(zarr.open_group(str(tmp / "volume.zarr/labels"),
+                                                     mode="r"))
+        datasets = model.ome_attributes.multiscales[0].datasets
+        group = zarr.open_group(str(tmp / "volume.zarr/labels"), mode="r")
+        record = {"shape": list(shape), "write_s": seconds, "ome_zarr_models": "valid",
+                  "levels": [list(group[d.path].shape) for d in datasets]}
+        proc = subprocess.run([sys.executable, __file__, "--view", str(tmp / "volume.zarr"),
+                               "--multiscale"], capture_output=True, text=True, timeout=1800)
+        record["view"] = (json.loads(proc.stdout.strip().splitlines()[-1])
+                          if proc.returncode == 0 else {"error": proc.stderr[-500:]})
+        print(json.dumps(record), flush=True)
+        out = RESULTS.with_name("pyramid_viewing_3d.json")
+        out.write_text(json.dumps(record, indent=1))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=20000)
     parser.add_argument("--cost-side", type=int, default=4096)
     parser.add_argument("--view", type=Path, help=argparse.SUPPRESS)  # child process
     parser.add_argument("--multiscale", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--volume", help="instead: write a 3D result of this shape (e.g. "
+                                             "512,2048,2048), validate it with "
+                                             "ome-zarr-models and open it multiscale")
     args = parser.parse_args()
     if args.view is not None:
         print(json.dumps(view(args.view, args.multiscale)))
         return
+    if args.volume:
+        volume(tuple(int(v) for v in args.volume.split(",")))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="nu-pyramid-"))
     try:
         record: dict = {"side": args.side}
-        plain = write_result(tmp / "plain.zarr", args.side, pyramid=False)
+        plain = write_result(tmp / "plain.zarr", (args.side, args.side), pyramid=False)
         shutil.rmtree(tmp / "plain.zarr")
-        full = write_result(tmp / "result.zarr", args.side, pyramid=True)
+        full = write_result(tmp / "result.zarr", (args.side, args.side), pyramid=True)
         record["write_s"] = {"level 0": plain, "level 0 + pyramid": full,
                              "pyramid share": 1 - plain / full}
         print(json.dumps(record["write_s"]), flush=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import json
 import os
 import time
@@ -36,9 +35,10 @@ import numpy as np
 from .config import PredictConfig, resolve_mode
 from .errors import InputError
 from .events import Cancelled, Notice, Progress, StageStarted, drain
-from .io import IMAGE_SUFFIXES, PLAIN_IMAGE_SUFFIXES, is_image_path, open_volume
+from .folders import batch_inputs, output_names
+from .io import IMAGE_SUFFIXES, PLAIN_IMAGE_SUFFIXES, open_volume
 
-__all__ = ["predict_many_iter", "predict_many", "batch_inputs", "BatchResult",
+__all__ = ["predict_many_iter", "predict_many", "BatchResult",
            "IN_MEMORY_VOXELS", "SUMMARY_COLUMNS"]
 
 # Images up to this many voxels are segmented in memory and written as one file; larger ones
@@ -60,50 +60,6 @@ class BatchResult:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["status"] == "failed"]
-
-
-def batch_inputs(inputs: Any) -> list[Path]:
-    """The images named by ``inputs``: a folder (its images, sorted), a glob pattern, a file
-    or .zarr store, or a list of these."""
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    found: list[Path] = []
-    for item in items:
-        text = str(item)
-        path = Path(text)
-        if any(c in text for c in "*?[") and not path.exists():
-            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            images = [p for p in matches if is_image_path(p)]
-            if not images:
-                raise InputError(f"no images match {text!r} (images are "
-                                 f"{', '.join(IMAGE_SUFFIXES)})")
-            found += images
-        elif path.is_dir() and path.suffix.lower() != ".zarr" and not (
-                path / "zarr.json").exists():
-            entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-            images = [p for p in entries if is_image_path(p)]
-            if not images:
-                kinds = sorted({p.suffix or p.name for p in entries})
-                raise InputError(f"no images in {str(path)!r} (found "
-                                 f"{', '.join(kinds) or 'nothing'}); images are "
-                                 f"{', '.join(IMAGE_SUFFIXES)}")
-            found += images
-        elif path.exists():
-            found.append(path)
-        else:
-            raise InputError(f"input {text!r} does not exist")
-    if not found:
-        raise InputError("no images given")
-    return list(dict.fromkeys(found))
-
-
-def _stems(paths: Sequence[Path]) -> list[str]:
-    """Output names: the file's stem, or its whole name where two inputs share a stem."""
-    stems = [p.stem for p in paths]
-    clash = {s for s in stems if stems.count(s) > 1}
-    names = [p.name.replace(".", "_") if p.stem in clash else p.stem for p in paths]
-    if len(set(names)) < len(names):  # same names in different folders
-        names = [f"{p.parent.name}_{n}" for p, n in zip(paths, names, strict=True)]
-    return names
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -287,7 +243,7 @@ def predict_many_iter(
     finished: dict[str, Any] = state.get("files", {})
     job = {"model": spec.describe(), "config": {**config.to_dict(), "overwrite": None},
            "overlays": overlays, "objects": objects}
-    names = _stems(paths)
+    names = output_names(paths)
     rows: list[dict[str, Any]] = []
     yield StageStarted("batch", total=len(paths),
                        message=f"{len(paths)} image(s) -> {out_dir} ({mode})")

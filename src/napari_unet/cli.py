@@ -122,7 +122,9 @@ def _predict(args: argparse.Namespace) -> int:
     config = config.replace(**config_changes(args, PredictConfig))
     model = args.model
     bar = _Bar(args.quiet)
-    if _is_batch(args.input):
+    from .folders import is_batch
+
+    if is_batch(args.input):
         if args.scheduler or args.workers:
             from .io import InputError
 
@@ -156,17 +158,6 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_batch(inputs: list[str]) -> bool:
-    """Several inputs, a folder that is not a zarr store, or a glob pattern."""
-    if len(inputs) != 1:
-        return True
-    path = Path(inputs[0])
-    if not path.exists():
-        return any(c in inputs[0] for c in "*?[")
-    return path.is_dir() and path.suffix.lower() != ".zarr" and not any(
-        (path / n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
-
-
 def _predict_batch(args: argparse.Namespace, model: Any, config: Any, bar: Any) -> int:
     from .batch import predict_many
 
@@ -183,40 +174,6 @@ def _predict_batch(args: argparse.Namespace, model: Any, config: Any, bar: Any) 
     return 1 if result.failed else 0
 
 
-def _pairs_from_folders(images: str, labels: str) -> list[tuple[str, str]]:
-    """(image, labels) paths: one pair, or the images of a folder with labels of the same
-    name (any readable kinds: TIFF, zarr, PNG, JPEG, BMP)."""
-    from .io import InputError, is_image_path
-
-    img_dir, lab_dir = Path(images), Path(labels)
-    for d in (img_dir, lab_dir):
-        if not d.exists():
-            raise InputError(f"{d} does not exist")
-    if img_dir.is_file() or img_dir.suffix == ".zarr":
-        return [(str(img_dir), str(lab_dir))]
-    found = sorted(p for p in img_dir.iterdir() if not p.name.startswith("."))
-    imgs = [p for p in found if is_image_path(p)]
-    if not imgs:
-        kinds = sorted({p.suffix or p.name for p in found})
-        raise InputError(f"no images in {img_dir} (found {', '.join(kinds) or 'nothing'}); "
-                         "images are .tif/.tiff, .zarr, .png, .jpg or .bmp")
-    labels_by_stem: dict[str, list[Path]] = {}
-    for q in lab_dir.iterdir():
-        if is_image_path(q):
-            labels_by_stem.setdefault(q.stem, []).append(q)
-    pairs = []
-    for p in imgs:
-        match = labels_by_stem.get(p.stem)
-        if not match:
-            raise InputError(f"no labels for {p.name} in {lab_dir} (labels need the same "
-                             "name)")
-        if len(match) > 1:
-            raise InputError(f"several labels for {p.name} in {lab_dir}: "
-                             f"{', '.join(sorted(m.name for m in match))}; keep one")
-        pairs.append((str(p), str(match[0])))
-    return pairs
-
-
 def _train(args: argparse.Namespace) -> int:
     from .api import train
     from .config import ModelConfig, TrainConfig
@@ -227,8 +184,10 @@ def _train(args: argparse.Namespace) -> int:
     if model_changes:
         changes["model"] = config.model.replace(**model_changes)
     config = config.replace(**changes)
-    pairs = _pairs_from_folders(args.images, args.labels)
-    val = _pairs_from_folders(args.val_images, args.val_labels) if args.val_images else None
+    from .folders import pairs_from_folders
+
+    pairs = pairs_from_folders(args.images, args.labels)
+    val = pairs_from_folders(args.val_images, args.val_labels) if args.val_images else None
     bar = _Bar(args.quiet)
     if args.folds:
         from .api import cross_validate
@@ -388,10 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "BMP, zarr)")
     p.add_argument("output", help="output .zarr folder (resumed if it holds this job); for "
                                   "a batch, a folder of masks, overlays and summary.csv")
-    p.add_argument("--objects", action="store_true",
-                   help="batch: also a per-object table (objects.csv)")
-    p.add_argument("--no-overlays", action="store_true",
-                   help="batch: no overlay images")
+    p.add_argument("--objects", action="store_true", help="batch: a per-object table too")
+    p.add_argument("--no-overlays", action="store_true", help="batch: no overlay images")
     p.add_argument("--model", help="model file (.safetensors); default: the built-in model")
     p.add_argument("--config", help="PredictConfig as YAML/JSON; flags override it")
     add_config_options(p, PredictConfig)

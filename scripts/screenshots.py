@@ -28,15 +28,17 @@ def wait(job, timeout: float = 900) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
-    parser.add_argument("--only", choices=("widgets", "large"),
+    parser.add_argument("--only", choices=("widgets", "large", "batch"),
                         help="one part (default: all)")
     parser.add_argument("--large-side", type=int, default=12288)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.only != "large":
+    if args.only in (None, "widgets"):
         widgets(args)
-    if args.only != "widgets":
+    if args.only in (None, "large"):
         large_result(args)
+    if args.only in (None, "batch"):
+        batch(args)
 
 
 def _shot(viewer, path: Path) -> None:
@@ -81,6 +83,35 @@ def large_result(args) -> None:
     viewer.camera.center = (side * 0.4, side * 0.55)
     wait(None)
     _shot(viewer, args.out / "large_result_1to1.png")
+    viewer.close()
+
+
+def batch(args) -> None:
+    """The batch widget after segmenting a folder of DSB 2018 val images (from
+    ../shared/data when present, else the bundled sample), with one overlay opened."""
+    import napari
+
+    from napari_unet._napari._batch_widget import BatchWidget
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared/data/dsb2018/val/images"
+    files = sorted(shared.glob("*.tif"))[:12] or [
+        Path(__file__).resolve().parents[1] / "src/napari_unet/data/samples/dsb2018_nuclei.tif"]
+    tmp = Path(tempfile.mkdtemp(prefix="nu-shot-"))
+    (tmp / "images").mkdir()
+    for f in files:
+        (tmp / "images" / f.name).symlink_to(f)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    w = BatchWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment a folder")
+    w.inputs.value = str(tmp / "images")
+    w.output.value = str(tmp / "out")
+    w.objects.value = True
+    wait(w.run())
+    overlay = sorted((tmp / "out" / "overlays").glob("*.png"))[1]
+    viewer.open(overlay, name=f"overlay {overlay.stem[:12]}")
+    wait(None)
+    _shot(viewer, args.out / "batch_widget.png")
     viewer.close()
 
 

@@ -138,12 +138,21 @@ def overlay_image(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
     rgb = (rgb * 255).astype(np.uint8)
-    edges = find_boundaries(labels, mode="inner")
-    ids = labels[edges].astype(np.uint64)
-    # A colour per label from its id (bright: each channel 80-255), the same in every run.
-    hashed = (ids * np.uint64(2654435761)) % np.uint64(2**24)
-    colours = np.stack([(hashed >> np.uint64(s)) & np.uint64(255) for s in (0, 8, 16)], -1)
-    rgb[edges] = (80 + colours.astype(np.float32) * (175 / 255)).astype(np.uint8)
+    edges = find_boundaries(labels, mode="thick")  # two pixels: readable at a glance
+    # The outer pixel of an edge takes its object's colour (the largest label beside it).
+    from scipy.ndimage import grey_dilation
+
+    inside = labels[edges]
+    ids = np.where(inside > 0, inside, grey_dilation(labels, size=3)[edges]).astype(np.uint64)
+    # A saturated colour per label from its id (the same in every run): one channel full,
+    # one empty, so outlines show on dark and on bright (saturated) objects alike.
+    hue = (ids.astype(np.float64) * 0.6180339887 % 1.0 * 6.0).astype(np.float32)  # golden
+    rise = (hue % 1.0)[:, None]
+    ramps = np.concatenate([np.ones_like(rise), rise, np.zeros_like(rise), 1 - rise], axis=1)
+    sector = hue.astype(int) % 6
+    table = np.array([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]])
+    colours = np.take_along_axis(ramps, table[sector], axis=1)
+    rgb[edges] = (255 * colours).astype(np.uint8)
     return rgb
 
 

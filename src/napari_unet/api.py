@@ -178,15 +178,18 @@ def cross_validate(
     *,
     progress: Callable[[Any], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    groups: Any = None,
     **options: Any,
 ) -> Any:
     """k-fold cross-validation (seeded by ``config.seed``): per-fold and mean validation Dice.
 
-    Returns a ``CrossValidationResult`` whose ``folds`` are the per-fold ``TrainResult``s.
+    ``groups`` (one label per pair: animal, patient, plate...) keeps every group within one
+    fold, so no group is both trained on and validated on.  Returns a
+    ``CrossValidationResult`` whose ``folds`` are the per-fold ``TrainResult``s.
     """
     from .training.crossval import cross_validate_iter
 
     config = config or TrainConfig()
     if options:
         config = config.replace(**options)
-    return drain(cross_validate_iter(data, config, folds, run_dir, cancel), progress)
+    return drain(cross_validate_iter(data, config, folds, run_dir, cancel, groups), progress)

@@ -109,11 +109,6 @@ class _Bar:
             self.bar = None
 
 
-def _given(**flags: Any) -> dict[str, Any]:
-    """The flags the user actually passed (None = not given)."""
-    return {k: v for k, v in flags.items() if v is not None}
-
-
 def _predict(args: argparse.Namespace) -> int:
     from .api import predict
     from .config import PredictConfig
@@ -191,9 +186,12 @@ def _train(args: argparse.Namespace) -> int:
     bar = _Bar(args.quiet)
     if args.folds:
         from .api import cross_validate
+        from .folders import read_groups
 
         try:
-            cv = cross_validate(pairs, config, args.folds, args.out, progress=bar)
+            groups = read_groups(args.fold_groups, pairs) if args.fold_groups else None
+            cv = cross_validate(pairs, config, args.folds, args.out, progress=bar,
+                                groups=groups)
         finally:
             bar.close()
         print(cv.report())
@@ -368,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, TrainConfig)
     add_config_options(p, ModelConfig, prefix="model.")
     p.add_argument("--folds", type=int, help="k-fold cross-validation instead of one run")
+    p.add_argument("--fold-groups", help="with --folds: CSV of image,group (animal, "
+                                         "patient...); each group stays in one fold")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="score predicted labels against ground truth")

@@ -12,7 +12,7 @@ from typing import Any
 from .errors import InputError
 from .io import IMAGE_SUFFIXES, is_image_path
 
-__all__ = ["batch_inputs", "is_batch", "output_names", "pairs_from_folders"]
+__all__ = ["batch_inputs", "is_batch", "output_names", "pairs_from_folders", "read_groups"]
 
 
 def is_batch(inputs: list[str]) -> bool:
@@ -100,3 +100,33 @@ def pairs_from_folders(images: str, labels: str) -> list[tuple[str, str]]:
                              f"{', '.join(sorted(m.name for m in match))}; keep one")
         pairs.append((str(p), str(match[0])))
     return pairs
+
+
+def read_groups(csv_path: str | os.PathLike, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The group of every pair's image from a CSV with columns ``image`` (a file name, with
+    or without its extension) and ``group``."""
+    import csv
+
+    path = Path(csv_path)
+    if not path.is_file():
+        raise InputError(f"groups file {str(path)!r} does not exist")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"image", "group"} <= set(rows[0]):
+        raise InputError(f"{str(path)!r}: needs the columns image,group (one row per image), "
+                         f"found {', '.join(rows[0]) if rows else 'no rows'}")
+    by_name = {}
+    for r in rows:
+        name = Path(r["image"].strip()).name
+        by_name[name] = by_name[Path(name).stem] = r["group"].strip()
+    groups, missing = [], []
+    for image, _ in pairs:
+        p = Path(image)
+        group = by_name.get(p.name, by_name.get(p.stem))
+        if group is None:
+            missing.append(p.name)
+        groups.append(group)
+    if missing:
+        raise InputError(f"{str(path)!r} gives no group for {len(missing)} image(s), e.g. "
+                         f"{', '.join(missing[:3])}")
+    return groups

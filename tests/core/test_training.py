@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import napari_unet as nu
 from napari_unet.cli import main
@@ -364,6 +366,16 @@ def test_train_cli_resume_and_cross_validation(tmp_path, capsys):
     assert main([*common, "--out", str(tmp_path / "cv"), "--epochs", "1", "--folds", "3"]) == 0
     assert "mean" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "cv").iterdir()) == ["fold1", "fold2", "fold3"]
+    # Folds by group: im0 and im1 come from one animal, so 2 folds hold them together.
+    (tmp_path / "groups.csv").write_text("image,group\nim0.tif,mouse A\nim1,mouse A\n"
+                                         "im2.tif,mouse B\n")
+    assert main([*common, "--out", str(tmp_path / "cvg"), "--epochs", "1", "--folds", "2",
+                 "--fold-groups", str(tmp_path / "groups.csv")]) == 0
+    assert "mean" in capsys.readouterr().out
+    (tmp_path / "bad.csv").write_text("image,group\nim0.tif,a\n")
+    assert main([*common, "--out", str(tmp_path / "cvb"), "--folds", "2", "--fold-groups",
+                 str(tmp_path / "bad.csv")]) == 2
+    assert "no group for 2 image(s)" in capsys.readouterr().err
 
     # evaluate CLI on hand-made files: a perfect prediction scores 1.
     assert main(["evaluate", str(tmp_path / "labels"), str(tmp_path / "labels")]) == 0
@@ -567,3 +579,25 @@ def test_out_of_memory_in_training_says_what_to_change_and_keeps_the_weights(tmp
     # The weights kept are a model that loads (the untrained start, here).
     assert nu.load_model(tmp_path / "run" / "last.safetensors").config == \
         nu.load_model(fits.last_model).config
+
+
+@settings(max_examples=60, deadline=None)
+@given(labels=st.lists(st.integers(0, 7), min_size=2, max_size=40), k=st.integers(2, 5),
+       seed=st.integers(0, 100))
+def test_group_folds_keep_groups_whole_and_cover_every_pair_once(labels, k, seed):
+    from napari_unet.training.crossval import fold_indices
+
+    groups = [f"g{v}" for v in labels]
+    if len(set(groups)) < k:
+        with pytest.raises(InputError, match="at least"):
+            fold_indices(len(groups), k, seed, groups)
+        return
+    folds = fold_indices(len(groups), k, seed, groups)
+    assert len(folds) == k and all(len(f) for f in folds)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(groups)))
+    owner = {}
+    for i, fold in enumerate(folds):
+        for j in fold:
+            assert owner.setdefault(groups[j], i) == i  # a group never straddles folds
+    assert [f.tolist() for f in fold_indices(len(groups), k, seed, groups)] == [
+        f.tolist() for f in folds]

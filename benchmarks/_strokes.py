@@ -122,12 +122,13 @@ def corrections(pred_fg: np.ndarray, labels: np.ndarray, marks: np.ndarray, seed
 
 
 def merge_strokes(pred_inst: np.ndarray, labels: np.ndarray, marks: np.ndarray, seed: int,
-                  n: int = 6) -> np.ndarray:
+                  n: int = 6, value: int = 1) -> np.ndarray:
     """Background lines across merged objects, as a user separates two nuclei the preview
     joined: for up to ``n`` predicted objects covering two or more true ones (each at least
     a fifth inside; the largest merges first), paint background (1) on the line where two
     of those true objects meet or the gap between them -- on the slice where the merge is
-    largest, in 3D."""
+    largest, in 3D.  ``value`` 3 paints the line as a third class, "boundary between
+    objects", instead of background (the gap bridged stays background)."""
     del seed  # deterministic: the contact line is where it is
     out = marks.copy()
     merges = []
@@ -155,5 +156,6 @@ def merge_strokes(pred_inst: np.ndarray, labels: np.ndarray, marks: np.ndarray, 
             if line_.any():
                 break
         target = out[box] if labels.ndim == 2 else out[box][z]
-        target[line_ & (target == 0)] = 1
+        target[line_ & (target == 0) & (lab == 0)] = 1  # bridged background
+        target[line_ & (target == 0) & (lab > 0)] = value  # where they touch
     return out

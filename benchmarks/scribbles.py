@@ -111,6 +111,17 @@ def stroke_radius(marks: np.ndarray) -> int:
     return int(np.ceil(np.median(lengths) / 2 + 2))
 
 
+def three_class(cls: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Foreground and instances of a class map from strokes 1 / 2 (/ 3): with a boundary
+    class (2 here: stroke value 3), the object class's components grown into the boundary
+    (as the instance models' labelling does); else no instances (the table splits them)."""
+    fg = cls >= 1
+    if cls.max() < 2:
+        return fg, None
+    return fg, postprocess.instances_in_memory(cls.astype(np.uint8), "instances",
+                                               max(2, radius // 2), 10)[1]
+
+
 def split_instances(fg: np.ndarray, radius: int) -> np.ndarray:
     """The preview's objects as the table's "split" column makes them."""
     split = postprocess.split_classes(fg, radius)
@@ -193,6 +204,11 @@ def main() -> None:
     parser.add_argument("--merge-strokes", type=int, default=0,
                         help="per correction round, also paint a background line across up "
                              "to this many merged objects of the preview (rows '+merges')")
+    parser.add_argument("--merge-class", choices=("background", "boundary"),
+                        default="background",
+                        help="what the merge strokes paint where two nuclei touch: background "
+                             "(1) or a third class, boundary (3: a 3-class model whose "
+                             "instances are its object class grown into the boundary)")
     parser.add_argument("--table", action="store_true", help="print the stored results")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -211,7 +227,7 @@ def main() -> None:
             if method == "unet-builtin" and nd != 2:
                 continue
             marks = marks0.copy()
-            init = None
+            init, n_classes = None, 2
             for rnd in range(args.rounds + 1 if method != "otsu" else 1):
                 t0 = time.time()
                 inst = None
@@ -220,23 +236,33 @@ def main() -> None:
                     took = time.time() - t0
                 elif method == "forest":
                     clf = PixelClassifier().fit([image[None]], [marks])
-                    fg = clf.predict_proba(image[None]).argmax(0) == 1
+                    cls = clf.predict_proba(image[None]).argmax(0)
+                    fg, inst = three_class(cls, radius)
                     took = time.time() - t0
                 else:
                     run = Path(args.runs) / f"{name}-{method}-r{rnd}"
                     shutil.rmtree(run, ignore_errors=True)
+                    classes = int(marks.max())
+                    if init is not None and classes != n_classes:  # a new class: afresh
+                        init = None
+                    n_classes = classes
                     init, model, took = run_unet(method, image, marks,
-                                                 steps[min(rnd, 1)], run, init)
+                                                 steps[0 if init is None else 1], run, init)
                     init = str(init)
                     if method == "unet-builtin":
                         inst = np.asarray(nu.predict(model, image, mode="instances",
                                                      device="cpu"))
                         fg = inst > 0
+                    elif n_classes == 3:
+                        probs = np.asarray(nu.predict(model, image, mode="probabilities",
+                                                      device="cpu"))
+                        fg, inst = three_class(probs.argmax(0), radius)
                     else:
                         probs = np.asarray(nu.predict(model, image, mode="probabilities",
                                                       device="cpu"))
                         fg = probs[-1] > 0.5
-                label = method + ("+merges" if args.merge_strokes else "")
+                label = method + ("+merges" if args.merge_strokes else "") + (
+                    "(boundary)" if args.merge_class == "boundary" else "")
                 row = {"task": name, "method": label, "round": rnd, "seconds": took,
                        "painted": int((marks > 0).sum()),
                        **scores(fg, labels, radius, inst)}
@@ -246,9 +272,11 @@ def main() -> None:
                     marks = _strokes.corrections(fg, labels, marks, seed=rnd + 1)
                     if args.merge_strokes:
                         shown = inst if inst is not None else split_instances(fg, radius)
-                        marks = _strokes.merge_strokes(shown, labels, marks, rnd + 1,
-                                                       args.merge_strokes)
-        suffix = "-merges" if args.merge_strokes else ""
+                        marks = _strokes.merge_strokes(
+                            shown, labels, marks, rnd + 1, args.merge_strokes,
+                            value=3 if args.merge_class == "boundary" else 1)
+        suffix = ("-merges" if args.merge_strokes else "") + (
+            "-boundary" if args.merge_class == "boundary" else "")
         (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(
             {"task": name, "shape": list(image.shape), "radius": radius,
              "objects": int(len(np.unique(labels)) - 1), "rows": rows}, indent=1))

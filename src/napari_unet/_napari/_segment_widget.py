@@ -8,7 +8,9 @@ land on the layer created for that run, whatever the user selects meanwhile.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,30 @@ def _on_cluster(address, model_path, source, output, config, job):
                                         cancel=job.is_cancelled, client=client))
     finally:
         client.close()
+
+
+_warm_up_started = threading.Event()
+
+
+def warm_up() -> None:
+    """Import torch and the engine and run the built-in model once on a tiny image, in a
+    background thread, once per session: started when the segment widget opens (never when
+    napari starts), so the first Segment does not wait for them (benchmarks/first_labels.py)."""
+    if _warm_up_started.is_set() or os.environ.get("NAPARI_UNET_NO_WARM_UP"):
+        return
+    _warm_up_started.set()
+
+    def run() -> None:
+        try:
+            import numpy as np
+
+            from ..api import predict
+
+            predict(None, np.zeros((64, 64), np.float32), mode="semantic", device="cpu")
+        except Exception:  # only a warm-up: a real run reports its own errors
+            pass
+
+    threading.Thread(target=run, name="nu-warm-up", daemon=True).start()
 
 
 class SegmentWidget(Container):
@@ -117,6 +143,7 @@ class SegmentWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.job: _workers.Job | None = None
         self._distance = False  # the model of the last run predicts distances
+        warm_up()
 
     def model_path(self) -> Path:
         return self._models.path()

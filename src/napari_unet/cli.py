@@ -115,7 +115,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     config = PredictConfig.load(args.config) if args.config else PredictConfig()
     config = config.replace(**config_changes(args, PredictConfig))
-    model = args.model
+    model = args.model[0] if args.model and len(args.model) == 1 else args.model
     bar = _Bar(args.quiet)
     from .folders import is_batch
 
@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "a batch, a folder of masks, overlays and summary.csv")
     p.add_argument("--objects", action="store_true", help="batch: a per-object table too")
     p.add_argument("--no-overlays", action="store_true", help="batch: no overlay images")
-    p.add_argument("--model", help="model file (.safetensors); default: the built-in model")
+    p.add_argument("--model", action="append", help="model file (.safetensors); default: "
+                   "the built-in model; several: their probabilities averaged (an ensemble)")
     p.add_argument("--config", help="PredictConfig as YAML/JSON; flags override it")
     add_config_options(p, PredictConfig)
     p.add_argument("--scheduler", help="run on this dask.distributed scheduler (tcp://host:port)")

@@ -40,8 +40,9 @@ class ModelSpec:
 
 
 def resolve_model(model: Any) -> ModelSpec:
-    """Accept a UNet, a model file path or built-in name, None (the built-in nuclei model), or
-    a module exposing the same attributes.
+    """Accept a UNet, a model file path or built-in name, None (the built-in nuclei model), a
+    module exposing the same attributes, or a list of these (an ensemble: their
+    probabilities averaged, :class:`~napari_unet.model.ensemble.Ensemble`).
 
     A non-UNet module must define ``spatial_dims``, ``in_channels``, ``out_channels`` and
     optionally ``size_multiple`` -- enough to plan tiles (used e.g. by identity models in tests).
@@ -51,6 +52,14 @@ def resolve_model(model: Any) -> ModelSpec:
     from ..model.checkpoint import load_model
     from ..model.unet import UNet
 
+    if isinstance(model, (list, tuple)):
+        if len(model) == 1:
+            return resolve_model(model[0])
+        from ..model.ensemble import Ensemble
+
+        names = [str(m) if isinstance(m, (str, os.PathLike)) or m is None
+                 else f"model {i + 1}" for i, m in enumerate(model)]
+        model = Ensemble(list(model), names)
     if model is None or isinstance(model, (str, os.PathLike)):
         from ..models import model_path
 

@@ -8,6 +8,7 @@ StarDist's ``matching_dataset``, and per-image means; AP@0.5 by modality).
 
     .venv/bin/python benchmarks/anchors_dsb.py otsu builtin
     .venv/bin/python benchmarks/anchors_dsb.py train --recipe cosine --steps 2400
+    .venv/bin/python benchmarks/anchors_dsb.py ensemble --members runs/anchors/default-s0 [--tta]
     .venv/bin/python benchmarks/anchors_dsb.py --table
 
 Training runs use the whole of ``train/``; the checkpoint is selected on fixed patches of
@@ -93,9 +94,31 @@ def run_train(args, recipe: str, train, val) -> None:
           config=config.to_dict())
 
 
+def run_ensemble(args, val) -> None:
+    """The built-in model and the models of ``--members`` (run folders of ``train``), their
+    probabilities averaged (``predict(model=[...])``)."""
+    from napari_unet.models import model_path
+
+    members = [nu.load_model(model_path(None))]
+    for run in args.members:
+        model = nu.load_model(Path(run) / "best.safetensors")
+        model.metadata["rgb_to_gray"] = True  # as run_train scores it (gray input)
+        members.append(model)
+    t0 = time.time()
+    preds = [nu.predict(members, i, mode="instances", device="cpu", tta=args.tta)
+             for i in val[1]]
+    names = " + ".join(["built-in", *(Path(r).name for r in args.members)])
+    score(f"ensemble {names}" + (" + tta" if args.tta else ""), preds, val[2], val[3],
+          val[0], budget="shipped + trained", predict_seconds=time.time() - t0,
+          members=[str(m) for m in args.members])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("methods", nargs="*", help="otsu, builtin, train, cellpose")
+    parser.add_argument("methods", nargs="*", help="otsu, builtin, train, ensemble")
+    parser.add_argument("--members", nargs="*", default=[],
+                        help="ensemble: run folders of trained models to average with the "
+                             "built-in model")
     parser.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     parser.add_argument("--steps", type=int, default=2400, help="training budget in steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -136,6 +159,8 @@ def main() -> None:
                   predict_seconds=time.time() - t0)
         elif method == "train":
             run_train(args, args.recipe, train, val)
+        elif method == "ensemble":
+            run_ensemble(args, val)
         else:
             raise SystemExit(f"unknown method {method!r}")
     if args.table:

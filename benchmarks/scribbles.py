@@ -148,7 +148,8 @@ def scores(fg: np.ndarray, labels: np.ndarray, radius: int,
 STEPS = {2: (150, 75), 3: (120, 60)}
 
 
-def train_config(ndim: int, method: str, init: str | None, steps: int) -> TrainConfig:
+def train_config(ndim: int, method: str, init: str | None, steps: int,
+                 boundary: bool = False) -> TrainConfig:
     if ndim == 2:
         cfg = TrainConfig(model=ModelConfig(spatial_dims=2, depth=4, base_filters=16),
                           patch_size=(128, 128), batch_size=8)
@@ -163,17 +164,19 @@ def train_config(ndim: int, method: str, init: str | None, steps: int) -> TrainC
                        steps_per_epoch=per_epoch, val_patches=8, patience=10**6, lr=lr,
                        schedule="onecycle", precision="auto", device="cpu",
                        scribble_prior="forest" if method == "unet-forest" else "none",
+                       scribble_boundary=boundary,
                        init_model=init)
 
 
-def run_unet(method: str, image, marks, steps: int, run: Path, init: str | None):
+def run_unet(method: str, image, marks, steps: int, run: Path, init: str | None,
+             boundary: bool = False):
     if method == "unet-builtin" and init is None:
         from napari_unet.models import default_model_path
 
         init = str(default_model_path())
         cfg = train_config(image.ndim, method, init, steps)
     else:
-        cfg = train_config(image.ndim, method, init, steps)
+        cfg = train_config(image.ndim, method, init, steps, boundary)
     t0 = time.time()
     result = nu.train([(image, marks)], cfg, [(image, marks)], run)
     return result.last_model, nu.load_model(result.last_model), time.time() - t0
@@ -227,7 +230,10 @@ def main() -> None:
             if method == "unet-builtin" and nd != 2:
                 continue
             marks = marks0.copy()
-            init, n_classes = None, 2
+            # With boundary strokes the U-Net has its three classes from round 0
+            # (TrainConfig.scribble_boundary), so corrections continue the same model.
+            boundary = args.merge_class == "boundary" and method == "unet"
+            init, n_classes = None, 3 if boundary else 2
             for rnd in range(args.rounds + 1 if method != "otsu" else 1):
                 t0 = time.time()
                 inst = None
@@ -242,12 +248,13 @@ def main() -> None:
                 else:
                     run = Path(args.runs) / f"{name}-{method}-r{rnd}"
                     shutil.rmtree(run, ignore_errors=True)
-                    classes = int(marks.max())
+                    classes = max(int(marks.max()), 3 if boundary else 2)
                     if init is not None and classes != n_classes:  # a new class: afresh
                         init = None
                     n_classes = classes
                     init, model, took = run_unet(method, image, marks,
-                                                 steps[0 if init is None else 1], run, init)
+                                                 steps[0 if init is None else 1], run, init,
+                                                 boundary)
                     init = str(init)
                     if method == "unet-builtin":
                         inst = np.asarray(nu.predict(model, image, mode="instances",

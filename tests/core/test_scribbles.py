@@ -169,3 +169,36 @@ def test_scribble_model_instances_split_in_blocks_like_whole(tmp_path, monkeypat
     assert same.tp == 5 and same.fp == same.fn == 0
     plain = nu.predict(model, image, mode="instances", device="cpu", normalize=(0, 100))
     assert plain.max() == 3  # connected components merge the touching pairs
+
+
+def test_boundary_strokes_make_an_instance_model(tmp_path):
+    from .helpers import Levels
+
+    image, labels = synthetic_nuclei((96, 96), radius=(6, 9), seed=3)
+    marks = _strokes(labels)
+    cfg = TrainConfig(model=ModelConfig(spatial_dims=2, depth=2, base_filters=4),
+                      label_mode="scribbles", scribble_boundary=True, **TINY)
+    # Without a boundary stroke yet, the model already has its three outputs.
+    result = nu.train([(image, marks)], cfg, run_dir=tmp_path / "r")
+    model = nu.load_model(result.best_model)
+    assert model.config.out_channels == 3 and model.metadata["scribble_boundary"]
+    assert model.metadata["class_names"] == ["background", "object", "boundary"]
+    out = nu.predict(model, image, device="cpu")  # auto: instances
+    assert out.dtype == np.uint32
+    with pytest.raises(ConfigError, match="scribbles"):
+        TrainConfig(scribble_boundary=True)
+    bad = marks.copy()
+    bad[0, 0] = 4
+    with pytest.raises(nu.InputError, match="3 boundary"):
+        nu.train([(image, bad)], cfg, run_dir=tmp_path / "b")
+    # Two touching discs split by a line of the boundary class: two objects; the same
+    # classes read as three semantic classes without the flag.
+    yy, xx = np.mgrid[:40, :60]
+    img = np.zeros((40, 60), np.float32)
+    img[((yy - 20) ** 2 + (xx - 20) ** 2 < 120) | ((yy - 20) ** 2 + (xx - 39) ** 2 < 120)] = 1
+    img[:, 29:31] = np.where(img[:, 29:31] > 0, 0.5, 0)
+    oracle = Levels(2, (0.0, 1.0, 0.5), label_mode="scribbles", scribble_boundary=True)
+    inst = nu.predict(oracle, img, device="cpu", normalize=(0, 100))
+    assert len(np.unique(inst[inst > 0])) == 2
+    plain = Levels(2, (0.0, 1.0, 0.5), label_mode="scribbles")
+    assert set(np.unique(nu.predict(plain, img, device="cpu", normalize=(0, 100)))) == {0, 1, 2}

@@ -76,6 +76,7 @@ class TrainWidget(Container):
         self.target = option_widget(defaults, "target")
         self.core = option_widget(defaults, "core")
         self.scribble_prior = option_widget(defaults, "scribble_prior")
+        self.scribble_boundary = option_widget(defaults, "scribble_boundary")
         self.init = ComboBox(label="start from", choices=self._init_choices,
                              tooltip=options_of(TrainConfig)["init_model"][1].help)
         self.init_file = FileEdit(label="model file", mode="r", filter="*.safetensors",
@@ -115,8 +116,8 @@ class TrainWidget(Container):
                                         enabled=False)
         self.extend([
             self.image, self.labels, self.label_mode, self.target, self.core,
-            self.scribble_prior, self.init, self.init_file, self.dims, self.depth,
-            self.filters, self.patch,
+            self.scribble_prior, self.scribble_boundary, self.init, self.init_file, self.dims,
+            self.depth, self.filters, self.patch,
             self.batch_size, self.epochs, self.steps, self.lr, self.schedule, self.loss,
             self.augment, self.invert, self.device, self.run_dir, self.resume, self.preview,
             self.start_button, self.stop_button, self.progress, self.status,
@@ -177,6 +178,7 @@ class TrainWidget(Container):
         self.target.enabled = instances
         self.core.enabled = instances and self.target.value == "classes"
         self.scribble_prior.enabled = self.label_mode.value == "scribbles"
+        self.scribble_boundary.enabled = self.label_mode.value == "scribbles"
 
     def _default_dims(self, layer: Any) -> None:
         """2D for 2D layers; 3D stacks train in 3D unless z is much coarser than x/y."""
@@ -228,12 +230,15 @@ class TrainWidget(Container):
             patch = _auto_patch(patch_spatial, model.size_multiple, wanted)
         values = {name: option_value(getattr(self, attr), TrainConfig, name) for attr, name in (
             ("label_mode", "label_mode"), ("target", "target"), ("core", "core"),
-            ("scribble_prior", "scribble_prior"), ("batch_size", "batch_size"),
+            ("scribble_prior", "scribble_prior"), ("scribble_boundary", "scribble_boundary"),
+            ("batch_size", "batch_size"),
             ("epochs", "epochs"), ("steps", "steps_per_epoch"), ("lr", "lr"),
             ("schedule", "schedule"), ("loss", "loss"), ("augment", "augment"),
             ("invert", "invert"), ("device", "device"))}
         if values["label_mode"] != "instances":
             values["target"] = "classes"
+        if values["label_mode"] != "scribbles":
+            values["scribble_boundary"] = False
         config = TrainConfig.preset(
             "interactive", model=model, patch_size=patch, **values,
             init_model=init, voxel_size=layer_voxel_size(image, sd),

@@ -29,10 +29,12 @@ Z_STITCHES = ("overlap", "slices", "3d")
 
 def resolve_mode(mode: str, metadata: dict[str, Any], out_channels: int) -> str:
     """``"auto"`` -> ``"instances"`` for models that find objects (trained on instance
-    labels, or with one foreground channel), ``"semantic"`` for multi-class models."""
+    labels or scribbles with boundary strokes, or with one foreground channel),
+    ``"semantic"`` for multi-class models."""
     if mode != "auto":
         return mode
-    if metadata.get("label_mode") == "instances" or out_channels == 1:
+    if (metadata.get("label_mode") == "instances" or metadata.get("scribble_boundary")
+            or out_channels == 1):
         return "instances"
     return "semantic"
 

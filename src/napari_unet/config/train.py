@@ -70,6 +70,11 @@ class TrainConfig(Config):
                 "classifier fitted to the strokes in seconds (multiscale filter features, as "
                 "ilastik) labels the unpainted voxels it is confident about, and the network "
                 "learns those too.", choices=SCRIBBLE_PRIORS)
+    scribble_boundary: bool = option(
+        False, "Scribbles: stroke value 3 marks the boundary between touching objects (a line "
+               "where they meet): the model learns background / object / boundary and its "
+               "instances are the objects grown into the boundary, as an instance model's.  "
+               "Off: a value 3 is a third class.", label="3 = boundary strokes")
     patch_size: tuple[int, ...] | None = option(
         None, "Training patch per spatial axis; a multiple of the model's pooling product "
               "(2**depth).  None: 256 x 256 in 2D, 32 x 96 x 96 in 3D (thin in z, as most "
@@ -168,6 +173,9 @@ class TrainConfig(Config):
             self._set("model", ModelConfig.from_dict(self.model))
         if not isinstance(self.model, ModelConfig):
             raise ConfigError(f"model must be a ModelConfig or a mapping, got {self.model!r}")
+        if self.scribble_boundary and self.label_mode != "scribbles":
+            raise ConfigError("scribble_boundary needs label_mode='scribbles', got "
+                              f"label_mode={self.label_mode!r}")
         if self.target != "classes" and self.label_mode != "instances":
             raise ConfigError(f"target={self.target!r} needs label_mode='instances' (dense "
                               f"instance labels), got label_mode={self.label_mode!r}")

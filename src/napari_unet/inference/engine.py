@@ -135,6 +135,8 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
     device = select_device(config.device)
     precision = select_precision(config.precision, device)
     label_mode = spec.metadata.get("label_mode")
+    if spec.metadata.get("scribble_boundary"):  # background / object / boundary: labelled
+        label_mode = postprocess.BOUNDARY_MODE  # as an instance model's classes
     boundary_width = int(spec.metadata.get("boundary_width", 2))
     # Seeds regrow through the boundary class by this many voxels: a model whose seeds are
     # object cores stores how far its boundary reaches (``grow``), else the ring's width + 1.

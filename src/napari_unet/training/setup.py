@@ -144,10 +144,12 @@ def _metadata(config: TrainConfig, n_classes: int, init: Any, partial: bool,
         "core": config.core,
         "class_names": (list(DISTANCE_CHANNELS) if distance
                         else list(INSTANCE_CLASSES) if config.label_mode == "instances"
+                        else ["background", "object", "boundary"] if config.scribble_boundary
                         else [f"class {i}" for i in range(n_classes)]),
         "tile": [max(2 * p, 256 if len(patch) == 2 else 96) for p in patch],
         "patch_size": list(patch),
         "train_config": config.to_dict(),
+        **({"scribble_boundary": True} if config.scribble_boundary else {}),
     }
     if partial:  # still the init model's kind of model: its classes, seeds and regrowth
         metadata.update({k: init.metadata[k] for k in (
@@ -202,6 +204,11 @@ def prepare_run(train_data: Sequence[Any], val_data: Sequence[Any] | None,
         if len(classes) == 1:  # one image (a widget's layer): shown while the network trains
             yield Preview("forest", classes[0])
     n_classes = n_classes_for(config.label_mode, max_label)
+    if config.scribble_boundary:  # three outputs from the first stroke: boundary ones may come
+        if max_label > 3:
+            raise InputError(f"with boundary strokes, scribbles are 1 background, 2 object, 3 "
+                             f"boundary; found the value {max_label}")
+        n_classes = 3
     model_cfg = _architecture(config, int(train_pairs[0].image.shape[0]), n_classes, init,
                               partial)
     config = config.replace(model=model_cfg)

@@ -49,9 +49,10 @@ def write_result(path: Path, shape: tuple[int, ...], pyramid: bool) -> float:
     lower = level_shapes(shape)[1:] if pyramid else []
     factors = [[1] * (len(shape) - 2) + [2**k, 2**k] for k in range(len(lower) + 1)]
     arrays = {"labels": dict(shape=shape, chunks=chunks, dtype="uint32", levels=lower)}
-    blocks = [tuple(slice(s.start * b, min((s.start + 1) * b, n)) for s, b, n in
-                    zip((slice(i, i + 1) for i in o), block, shape, strict=True))
-              for o in np.ndindex(*[-(-n // b) for n, b in zip(shape, block, strict=True)])]
+    grid = [-(-n // b) for n, b in zip(shape, block, strict=True)]
+    blocks = [tuple(slice(i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, shape,
+                                                                         strict=True))
+              for index in np.ndindex(*grid)]
     t0 = time.perf_counter()
     store = OutputStore.open_or_create(
         path, {"benchmark": list(shape), "pyramid": pyramid}, arrays, "labels", len(blocks),

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import PredictConfig, resolve_mode
+from .config import LABEL_OUTPUTS, PredictConfig, resolve_mode
 from .errors import InputError
 from .events import Cancelled, Notice, Progress, StageStarted, drain
 from .folders import batch_inputs, output_names
@@ -236,7 +236,7 @@ def predict_many_iter(
     paths = batch_inputs(inputs)
     spec = resolve_model(model)
     mode = resolve_mode(config.mode, spec.metadata, spec.out_channels)
-    if mode not in ("instances", "semantic"):
+    if mode not in LABEL_OUTPUTS:
         raise InputError(f"batch prediction writes label masks: mode {mode!r} is not one; use "
                          "'instances' or 'semantic' (or predict images one by one for "
                          "probabilities)")

@@ -34,11 +34,17 @@ def scale_for_axes(axes: str, source_axes: str | None,
                    source_scale: Sequence[float] | None) -> list[float]:
     """Voxel size of every axis of ``axes`` taken from an input's axes and scale (1 where
     the input says nothing, and for time and channels)."""
-    known: dict[str, float] = {}
-    if source_axes and source_scale is not None and len(source_axes) == len(source_scale):
-        known = {a: float(s) for a, s in zip(source_axes.upper(), source_scale, strict=True)
-                 if a in "ZYX" and float(s) > 0}
+    known = _spatial_scale(source_axes, source_scale)
     return [known.get(a, 1.0) for a in axes]
+
+
+def _spatial_scale(source_axes: str | None, source_scale: Sequence[float] | None
+                   ) -> dict[str, float]:
+    """Positive voxel sizes of the Z / Y / X axes an input states, by axis letter."""
+    if not source_axes or source_scale is None or len(source_axes) != len(source_scale):
+        return {}
+    return {a: float(s) for a, s in zip(source_axes.upper(), source_scale, strict=True)
+            if a in "ZYX" and float(s) > 0}
 
 
 def voxel_size(axes: str, source_axes: str | None, source_scale: Sequence[float] | None
@@ -46,10 +52,8 @@ def voxel_size(axes: str, source_axes: str | None, source_scale: Sequence[float]
     """Voxel size along ``axes`` (spatial letters) from an input's axes and scale; None
     where the input does not say -- including a scale of 1 on every axis, which is what
     files and napari layers without calibration report."""
-    if not source_axes or source_scale is None or len(source_axes) != len(source_scale):
-        return None
-    known = dict(zip(source_axes.upper(), (float(s) for s in source_scale), strict=True))
-    if any(a not in known or not known[a] > 0 for a in axes):
+    known = _spatial_scale(source_axes, source_scale)
+    if any(a not in known for a in axes):
         return None
     sizes = tuple(known[a] for a in axes)
     return None if all(s == 1.0 for s in sizes) else sizes

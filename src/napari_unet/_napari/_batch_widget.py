@@ -11,7 +11,7 @@ import napari
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..config import MODES, PredictConfig
+from ..config import LABEL_OUTPUTS, MODES, PredictConfig
 from ..errors import InputError, NapariUnetError
 from . import _workers
 from ._config_widgets import option_value, option_widget
@@ -36,8 +36,8 @@ class BatchWidget(Container):
         self.model, self.model_file = self._models.combo, self._models.file
         defaults = PredictConfig()
         self.mode = option_widget(defaults, "mode", label="output",
-                                  choices=[m for m in MODES if m in ("auto", "instances",
-                                                                     "semantic")])
+                                  choices=[m for m in MODES if m == "auto"
+                                           or m in LABEL_OUTPUTS])
         self.device = option_widget(defaults, "device")
         self.tta = option_widget(defaults, "tta")
         self.overlays = CheckBox(label="overlays", value=True,

@@ -257,8 +257,8 @@ class SegmentWidget(Container):
                                                       config.mode)
             elif isinstance(event, Writing) and output is None and state["layer"] is None:
                 # In memory too, the first blocks show as soon as they are written.
-                state["layer"] = self._layer_of(event.array, name, geometry, spatial_dims,
-                                                config.mode)
+                state["layer"] = self._add_layer([event.array], name, geometry, spatial_dims,
+                                                 config.mode)
             elif isinstance(event, Notice):
                 self.status.value = event.message
                 show_warning(f"napari-unet: {event.message}")
@@ -307,50 +307,42 @@ class SegmentWidget(Container):
     def _live_layer(self, output: Path, name: str, geometry: dict[str, Any],
                     spatial_dims: int, mode: str) -> Any:
         """A layer backed by the zarr store being written: it fills in as blocks finish."""
-        import zarr
-
-        if mode == "probabilities":
-            import dask.array as da
-
-            levels = [self._foreground(da.from_zarr(a), spatial_dims, self._distance)
-                      for a in _result_levels(output, "probabilities")]
-            return self.viewer.add_image(_one_or_all(levels), name=name, colormap="magma",
-                                         contrast_limits=(0, 1), **geometry)
         if mode == "instances":  # the class map until labelling has run
-            group = zarr.open_group(str(output), mode="r")
-            return self.viewer.add_labels(group["semantic"], name=name, **geometry)
-        return self.viewer.add_labels(_one_or_all(_result_levels(output, "labels")),
-                                      name=name, **geometry)
+            import zarr
 
-    def _layer_of(self, array: Any, name: str, geometry: dict[str, Any], spatial_dims: int,
-                  mode: str) -> Any:
-        """A layer showing an array being written (in memory)."""
+            semantic = zarr.open_group(str(output), mode="r")["semantic"]
+            return self._add_layer([semantic], name, geometry, spatial_dims, mode)
+        return self._add_layer(_result_levels(output), name, geometry, spatial_dims, mode)
+
+    def _add_layer(self, levels: list[Any], name: str, geometry: dict[str, Any],
+                   spatial_dims: int, mode: str) -> Any:
+        """A result layer of ``levels`` (one, or a pyramid): probabilities as the foreground
+        image, else labels."""
         if mode == "probabilities":
-            import dask.array as da
-
-            fg = self._foreground(da.from_zarr(array), spatial_dims, self._distance)
-            return self.viewer.add_image(fg, name=name, colormap="magma",
+            fg = [self._foreground(a, spatial_dims, self._distance) for a in levels]
+            return self.viewer.add_image(_one_or_all(fg), name=name, colormap="magma",
                                          contrast_limits=(0, 1), **geometry)
-        return self.viewer.add_labels(array, name=name, **geometry)
+        return self.viewer.add_labels(_one_or_all(levels), name=name, **geometry)
 
     def _show_result(self, result, output, name, geometry, state) -> None:
         layer = state["layer"]
-        if state["mode"] == "probabilities":
+        mode, sd = state["mode"], state["sd"]
+        if mode == "probabilities":
             if layer is None:
-                fg = self._foreground(result, state["sd"], self._distance)
-                state["layer"] = self.viewer.add_image(fg, name=name, colormap="magma",
-                                                       contrast_limits=(0, 1), **geometry)
+                state["layer"] = self._add_layer([result], name, geometry, sd, mode)
             elif output is None:  # from the array being written to the result in memory
-                layer.data = self._foreground(result, state["sd"], self._distance)
+                layer.data = self._foreground(result, sd, self._distance)
             return
-        levels = _result_levels(output, "labels") if output is not None else [result]
+        levels = _result_levels(output) if output is not None else []
+        if len(levels) <= 1:
+            levels = [result]  # the engine's own array: a single level stays paintable
         if layer is None:
-            state["layer"] = self.viewer.add_labels(_one_or_all(levels), name=name, **geometry)
+            state["layer"] = self._add_layer(levels, name, geometry, sd, mode)
         elif len(levels) > 1:  # instances: the class map gives way to the labels' pyramid
             # (napari does not turn a layer multiscale: a new layer takes the old one's place)
             index = self.viewer.layers.index(layer)
             self.viewer.layers.remove(layer)
-            state["layer"] = self.viewer.add_labels(levels, name=name, **geometry)
+            state["layer"] = self._add_layer(levels, name, geometry, sd, mode)
             self.viewer.layers.move(self.viewer.layers.index(state["layer"]), index)
         else:
             layer.data = result  # instances: from the class map to the final labels
@@ -362,12 +354,13 @@ class SegmentWidget(Container):
             self.status.value = "cancelling after the blocks in flight"
 
 
-def _result_levels(output: Path, name: str) -> list[Any]:
-    """The levels of a result store's ``name`` (an OME-Zarr multiscale group), level 0 first."""
-    import zarr
+def _result_levels(output: Path) -> list[Any]:
+    """The levels of a result store (its OME-Zarr pyramid, as the reader opens it), level 0
+    first."""
+    from ..io import open_volume
 
-    group = zarr.open_group(str(output), mode="r")[name]
-    return [group[n] for n in sorted((n for n, _ in group.arrays() if n.isdigit()), key=int)]
+    level0, info = open_volume(output)
+    return [level0, *info.multiscale]
 
 
 def _one_or_all(levels: list[Any]) -> Any:

@@ -12,6 +12,7 @@ from .model import NORMS, ModelConfig
 from .predict import (
     BLENDINGS,
     DEVICES,
+    LABEL_OUTPUTS,
     MODES,
     PRECISIONS,
     PredictConfig,
@@ -34,8 +35,9 @@ from .train import (
 
 __all__ = [
     "Config", "ConfigError", "Option", "option", "options_of", "parse_ints", "int_tuple",
-    "ModelConfig", "PredictConfig", "TrainConfig", "NORMS", "MODES", "PRECISIONS", "BLENDINGS",
-    "DEVICES", "LABEL_MODES", "TARGETS", "SCRIBBLE_PRIORS", "LOSSES", "CLASS_WEIGHTS",
+    "ModelConfig", "PredictConfig", "TrainConfig", "NORMS", "MODES", "LABEL_OUTPUTS",
+    "PRECISIONS", "BLENDINGS", "DEVICES", "LABEL_MODES", "TARGETS", "SCRIBBLE_PRIORS",
+    "LOSSES", "CLASS_WEIGHTS",
     "INVERT_MODES", "PAIR_SAMPLINGS", "SCHEDULES", "PRESETS", "as_spatial_tuple",
     "resolve_mode", "parse_overlap", "parse_batch_size",
 ]

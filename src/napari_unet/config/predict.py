@@ -16,11 +16,12 @@ from ._base import (
     voxel_size_of,
 )
 
-__all__ = ["PredictConfig", "MODES", "BLENDINGS", "PRECISIONS", "DEVICES", "Z_STITCHES",
-           "resolve_mode",
-           "parse_overlap", "parse_batch_size"]
+__all__ = ["PredictConfig", "MODES", "LABEL_OUTPUTS", "BLENDINGS", "PRECISIONS", "DEVICES",
+           "Z_STITCHES", "resolve_mode", "parse_overlap", "parse_batch_size"]
 
 MODES = ("auto", "instances", "semantic", "probabilities", "logits")
+# What a batch writes per image: a label mask ("auto" resolves to one of the two).
+LABEL_OUTPUTS = ("instances", "semantic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BLENDINGS = ("crop", "gaussian", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N"

@@ -32,18 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from .config import LABEL_OUTPUTS, PredictConfig, resolve_mode
+from .config import IN_MEMORY_VOXELS, LABEL_OUTPUTS, PredictConfig, resolve_mode
 from .errors import InputError
 from .events import Cancelled, Notice, Progress, StageStarted, drain
 from .folders import batch_inputs, output_names
 from .io import IMAGE_SUFFIXES, PLAIN_IMAGE_SUFFIXES, open_volume
 
-__all__ = ["predict_many_iter", "predict_many", "BatchResult",
-           "IN_MEMORY_VOXELS", "SUMMARY_COLUMNS"]
+__all__ = ["predict_many_iter", "predict_many", "BatchResult", "SUMMARY_COLUMNS"]
 
-# Images up to this many voxels are segmented in memory and written as one file; larger ones
-# (and zarr inputs) go block by block to a zarr store.
-IN_MEMORY_VOXELS = 64 * 2**20
 SUMMARY_COLUMNS = ("file", "status", "objects", "mean_area", "median_area",
                    "foreground_fraction", "seconds", "mask", "overlay", "error")
 OBJECT_PROPERTIES = ("label", "area", "centroid", "intensity_mean", "bbox")

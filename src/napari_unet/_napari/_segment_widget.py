@@ -29,7 +29,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..config import DEVICES, MODES, PredictConfig, options_of, resolve_mode
+from ..config import DEVICES, IN_MEMORY_VOXELS, MODES, PredictConfig, options_of, resolve_mode
 from ..errors import InputError, NapariUnetError
 from . import _workers
 from ._config_widgets import option_value, option_widget
@@ -45,7 +45,7 @@ from ._model_choice import ModelChooser
 
 __all__ = ["SegmentWidget"]
 
-IN_MEMORY_LIMIT = 64 * 2**20  # voxels; larger images go to a zarr store
+IN_MEMORY_LIMIT = IN_MEMORY_VOXELS  # voxels; larger images go to a zarr store ("auto")
 
 
 def _on_cluster(address, model_path, source, output, config, job):

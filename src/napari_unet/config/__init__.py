@@ -12,6 +12,7 @@ from .model import NORMS, ModelConfig
 from .predict import (
     BLENDINGS,
     DEVICES,
+    IN_MEMORY_VOXELS,
     LABEL_OUTPUTS,
     MODES,
     PRECISIONS,
@@ -36,6 +37,7 @@ from .train import (
 __all__ = [
     "Config", "ConfigError", "Option", "option", "options_of", "parse_ints", "int_tuple",
     "ModelConfig", "PredictConfig", "TrainConfig", "NORMS", "MODES", "LABEL_OUTPUTS",
+    "IN_MEMORY_VOXELS",
     "PRECISIONS", "BLENDINGS", "DEVICES", "LABEL_MODES", "TARGETS", "SCRIBBLE_PRIORS",
     "LOSSES", "CLASS_WEIGHTS",
     "INVERT_MODES", "PAIR_SAMPLINGS", "SCHEDULES", "PRESETS", "as_spatial_tuple",

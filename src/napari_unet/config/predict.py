@@ -17,9 +17,12 @@ from ._base import (
 )
 
 __all__ = ["PredictConfig", "MODES", "LABEL_OUTPUTS", "BLENDINGS", "PRECISIONS", "DEVICES",
-           "Z_STITCHES", "resolve_mode", "parse_overlap", "parse_batch_size"]
+           "Z_STITCHES", "IN_MEMORY_VOXELS", "resolve_mode", "parse_overlap", "parse_batch_size"]
 
 MODES = ("auto", "instances", "semantic", "probabilities", "logits")
+# Images up to this many voxels are segmented in memory by the segment widget and written
+# as one file by a batch; larger ones go block by block to a zarr store.
+IN_MEMORY_VOXELS = 64 * 2**20
 # What a batch writes per image: a label mask ("auto" resolves to one of the two).
 LABEL_OUTPUTS = ("instances", "semantic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -19,6 +19,9 @@ _LAZY = {
     "NapariUnetError": "napari_unet.errors",
     "save_model": "napari_unet.model.checkpoint",
     "load_model": "napari_unet.model.checkpoint",
+    "read_metadata": "napari_unet.model.checkpoint",
+    "export_onnx": "napari_unet.onnx_export",
+    "quantize_onnx": "napari_unet.onnx_export",
     "CheckpointError": "napari_unet.errors",
     "predict": "napari_unet.api",
     "predict_iter": "napari_unet.api",
@@ -53,8 +56,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluation import evaluate
     from .io import InputError, open_volume
     from .metrics import dice
-    from .model.checkpoint import CheckpointError, load_model, save_model
+    from .model.checkpoint import CheckpointError, load_model, read_metadata, save_model
     from .model.unet import UNet
+    from .onnx_export import export_onnx, quantize_onnx
 
 
 def __getattr__(name: str) -> Any:

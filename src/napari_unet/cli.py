@@ -1,4 +1,5 @@
-"""Command line ``napari-unet {demo,predict,train,evaluate,info}``: a thin layer over the API.
+"""Command line ``napari-unet {demo,predict,train,evaluate,info,export}``: a thin layer
+over the API.
 
 Every option maps onto a field of the same validated config used by the API and the widgets;
 ``--config FILE`` loads one (YAML/JSON) and flags override its fields.
@@ -228,6 +229,21 @@ def _read_labels(path: Path):
     return np.asarray(arr)
 
 
+def _evaluation_figures(args: argparse.Namespace, report: Any, pairs: dict) -> None:
+    from .figures import evaluation_figures
+
+    images = _files(args.images) if args.images else {}
+
+    def load(name: str) -> tuple[Any, Any, Any]:
+        pred, truth = pairs[name]
+        image = _read_labels(images[name]) if name in images else None
+        return _read_labels(pred), _read_labels(truth), image
+
+    written = evaluation_figures(report, load, args.figures, args.worst,
+                                 "dice" if args.semantic else "ap50")
+    print(f"wrote {len(written)} figures to {args.figures}")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -263,6 +279,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"  {m:<6} {c['mean_difference']:+.4f} [{c['ci_low']:+.4f}, "
                   f"{c['ci_high']:+.4f}]  Wilcoxon p={c['wilcoxon_p']:.3g}  "
                   f"paired t p={c['ttest_p']:.3g}")
+    if args.figures:
+        _evaluation_figures(args, report, dict(zip(names, pairs, strict=True)))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"rows": report.rows, "summary": report.summary}, indent=2, default=float))
@@ -277,24 +295,6 @@ def _info(args: argparse.Namespace) -> int:
     meta = read_metadata(args.model)
     meta.pop("train_config", None)
     print(json.dumps(meta, indent=2))
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from .bioimageio_export import export_bioimageio
-
-    test_image = None
-    if args.test_image:
-        import numpy as np
-
-        from .io import open_volume
-
-        test_image = np.asarray(open_volume(args.test_image)[0])
-    path = export_bioimageio(
-        args.model, args.out, name=args.name,
-        description=args.description, authors=args.author or ("napari-unet user",),
-        license=args.license, test_image=test_image)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), a valid bioimage.io model package")
     return 0
 
 
@@ -377,22 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semantic", action="store_true", help="skip object matching")
     p.add_argument("--compare", help="second prediction folder: paired tests against it")
     p.add_argument("--json", help="also write all scores to this JSON file")
+    p.add_argument("--figures", help="folder for figures (matplotlib): summary.png and "
+                                     "input / truth / prediction / errors of the worst images")
+    p.add_argument("--worst", type=int, default=8, help="how many worst images get a figure")
+    p.add_argument("--images", help="the input images (same names), shown in the figures")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("info", help="show a model file's architecture and metadata")
     p.add_argument("model")
     p.set_defaults(func=_info)
 
-    p = sub.add_parser("export", help="write a model as a bioimage.io model package (.zip)")
-    p.add_argument("model", help="a model file, or 'nuclei' for the built-in model")
-    p.add_argument("out", help="the package to write (.zip)")
-    p.add_argument("--name", help="model name shown by the zoo (default: the model's)")
-    p.add_argument("--description", help="one-line description")
-    p.add_argument("--author", action="append", help="author name (repeat for several)")
-    p.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights")
-    p.add_argument("--test-image", help="test input (.tif / .zarr), sizes a multiple of the "
-                                        "network's pooling (default: a synthetic image)")
-    p.set_defaults(func=_export)
+    from .export_command import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ class ModelChooser:
 
     def __init__(self, owner: Any) -> None:
         self.combo = ComboBox(label="model", choices=self.choices)
-        self.file = FileEdit(label="model file", mode="r", filter="*.safetensors",
+        self.file = FileEdit(label="model file", mode="r", filter="*.safetensors *.onnx",
                              visible=False)
         self.combo.changed.connect(self._on_choice)
         registry.changed.connect(self.refresh)
@@ -45,7 +45,7 @@ class ModelChooser:
         if self.combo.value == FILE_CHOICE:
             path = Path(self.file.value)
             if not path.is_file():
-                raise InputError("choose a model file (.safetensors)")
+                raise InputError("choose a model file (.safetensors or .onnx)")
             return path
         path = registry.path(self.combo.value)
         if path is None:

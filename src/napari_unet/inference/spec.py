@@ -40,8 +40,9 @@ class ModelSpec:
 
 
 def resolve_model(model: Any) -> ModelSpec:
-    """Accept a UNet, a model file path or built-in name, None (the built-in nuclei model), a
-    module exposing the same attributes, or a list of these (an ensemble: their
+    """Accept a UNet, a model file path (``.safetensors``, or ``.onnx`` as written by
+    :func:`~napari_unet.model.onnx_model.export_onnx`) or built-in name, None (the built-in
+    nuclei model), a module exposing the same attributes, or a list of these (an ensemble: their
     probabilities averaged, :class:`~napari_unet.model.ensemble.Ensemble`).
 
     A non-UNet module must define ``spatial_dims``, ``in_channels``, ``out_channels`` and
@@ -60,6 +61,10 @@ def resolve_model(model: Any) -> ModelSpec:
         names = [str(m) if isinstance(m, (str, os.PathLike)) or m is None
                  else f"model {i + 1}" for i, m in enumerate(model)]
         model = Ensemble(list(model), names)
+    from ..model.onnx_model import OnnxModel, is_onnx_path
+
+    if is_onnx_path(model):
+        model = OnnxModel(model)
     if model is None or isinstance(model, (str, os.PathLike)):
         from ..models import model_path
 

@@ -163,7 +163,13 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Return the architecture and metadata of a model file without loading its weights."""
+    """Return the architecture and metadata of a model file (``.safetensors``, or ``.onnx``
+    exported by napari-unet) without loading its weights."""
+    from .onnx_model import is_onnx_path, read_onnx_metadata
+
+    if is_onnx_path(path):
+        stored = read_onnx_metadata(Path(path))
+        return {"model": stored["config"], **stored["metadata"]}
     header = _read_header(Path(path))
     return {"model": header["model"], **header.get("metadata", {})}
 

@@ -5,6 +5,8 @@
     last_state.pt      optimiser, scheduler, RNG, counters (tensors and plain data only)
     config.yaml        the TrainConfig of the run (the architecture as trained)
     history.csv        one row per epoch
+    history.png        its curves (loss, validation Dice / IoU, learning rate), where
+                       matplotlib is installed (the ``figures`` extra)
 
 Files are written under a temporary name and renamed into place: a crash never leaves a
 half-written checkpoint.
@@ -16,6 +18,7 @@ import csv
 import dataclasses
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -95,3 +98,11 @@ class RunFolder:
 
     def write_history(self, history: Sequence[EpochEnd]) -> None:
         _write_history(self.path / "history.csv", history)
+        from .. import figures
+
+        if figures.available() and history:
+            try:
+                figures.history_figure([dataclasses.asdict(e) for e in history],
+                                       self.path / "history.png")
+            except Exception as err:  # a figure never ends a training run
+                warnings.warn(f"history.png not written: {err}", stacklevel=2)

@@ -106,6 +106,35 @@ def test_segment_widget_shows_a_large_result_as_a_multiscale_labels_layer(
     assert stored.max() > 0
 
 
+def test_segment_widget_averages_the_ticked_models(make_napari_viewer, qtbot, tmp_path,
+                                                   messages):
+    import torch
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    a = nu.save_model(tiny_unet(2, out_channels=3), tmp_path / "a.safetensors",
+                      label_mode="instances")
+    torch.manual_seed(3)
+    b = nu.save_model(nu.UNet(spatial_dims=2, in_channels=1, out_channels=3, depth=2,
+                              base_filters=4).eval(), tmp_path / "b.safetensors",
+                      label_mode="instances")
+    name_a, name_b = registry.add("tiny A (test)", a), registry.add("tiny B (test)", b)
+    assert name_b in w.ensemble.choices  # follows the registry
+    image, _ = synthetic_nuclei((64, 80), seed=1)
+    viewer.add_image(image, name="img")
+    w.reset_choices()
+    w.image.value = viewer.layers["img"]
+    w.model.value, w.ensemble.value = name_a, [name_a, name_b]  # the model itself: once
+    w.mode.value = "probabilities"
+    _wait(qtbot, w.run())
+    data = viewer.layers["img probabilities"].data
+    got = np.asarray(data[0] if isinstance(data, list) else data)  # the foreground probability
+    expected = nu.predict([str(a), str(b)], image, mode="probabilities", device="cpu")
+    np.testing.assert_allclose(got, 1 - expected[0], atol=2e-3)
+    alone = nu.predict(str(a), image, mode="probabilities", device="cpu")
+    assert not np.allclose(got, 1 - alone[0], atol=1e-2)
+
+
 def test_segment_widget_in_memory_view_only_and_bad_input(make_napari_viewer, qtbot, tmp_path,
                                                           messages):
     viewer = make_napari_viewer()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import ComboBox, FileEdit
+from magicgui.widgets import ComboBox, FileEdit, Select
 
 from ..errors import InputError
 from ._registry import registry
@@ -17,13 +17,20 @@ FILE_CHOICE = "model file..."
 
 
 class ModelChooser:
-    """A model combo box and the file field it shows for ``FILE_CHOICE``; follows the
-    registry while ``owner`` (a magicgui container) lives."""
+    """A model combo box and the file field it shows for ``FILE_CHOICE``, and ``others``:
+    registered models to average with it (an ensemble); follows the registry while ``owner``
+    (a magicgui container) lives."""
 
     def __init__(self, owner: Any) -> None:
         self.combo = ComboBox(label="model", choices=self.choices)
         self.file = FileEdit(label="model file", mode="r", filter="*.safetensors *.onnx",
                              visible=False)
+        self.others = Select(label="average with", choices=lambda *_: registry.choices(),
+                             value=[],
+                             tooltip="other models whose probabilities are averaged with the "
+                                     "model's, tile by tile (an ensemble; they must agree on "
+                                     "channels, classes and normalisation)")
+        self.others.native.setMaximumHeight(70)
         self.combo.changed.connect(self._on_choice)
         registry.changed.connect(self.refresh)
         # The registry outlives dock widgets: stop notifying one once Qt has deleted it.
@@ -36,6 +43,7 @@ class ModelChooser:
 
     def refresh(self) -> None:
         self.combo.reset_choices()
+        self.others.reset_choices()
 
     def _on_choice(self, value: Any) -> None:
         self.file.visible = value == FILE_CHOICE
@@ -51,3 +59,10 @@ class ModelChooser:
         if path is None:
             raise InputError("no model selected: train one or choose a model file")
         return path
+
+    def paths(self) -> list[Path]:
+        """The chosen model's file, then those of the models ticked in ``others`` (the
+        chosen one not twice)."""
+        first = self.path()
+        rest = [registry.path(name) for name in self.others.value]
+        return [first, *dict.fromkeys(p for p in rest if p is not None and p != first)]

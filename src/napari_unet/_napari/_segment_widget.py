@@ -48,7 +48,12 @@ __all__ = ["SegmentWidget"]
 IN_MEMORY_LIMIT = IN_MEMORY_VOXELS  # voxels; larger images go to a zarr store ("auto")
 
 
-def _on_cluster(address, model_path, source, output, config, job):
+def _model_argument(models: list[Path]) -> str | list[str]:
+    """What predict takes: one model file, or several (an ensemble)."""
+    return str(models[0]) if len(models) == 1 else [str(p) for p in models]
+
+
+def _on_cluster(address, model, source, output, config, job):
     """Connect to the scheduler in the worker thread; same events as a local run."""
     from distributed import Client
 
@@ -56,7 +61,7 @@ def _on_cluster(address, model_path, source, output, config, job):
 
     client = Client(address, timeout="20s")
     try:
-        return (yield from predict_iter(str(model_path), source, output, config,
+        return (yield from predict_iter(model, source, output, config,
                                         cancel=job.is_cancelled, client=client))
     finally:
         client.close()
@@ -95,6 +100,7 @@ class SegmentWidget(Container):
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self._models = ModelChooser(self)
         self.model, self.model_file = self._models.combo, self._models.file
+        self.ensemble = self._models.others
         # Settings are a view of PredictConfig: defaults, choices, ranges and help from its
         # options (logits, the raw output, are for scripts).
         defaults = PredictConfig()
@@ -131,9 +137,9 @@ class SegmentWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(value="")
         self.extend([
-            self.image, self.model, self.model_file, self.mode, self.tile, self.overlap,
-            self.batch_size, self.device, self.precision, self.split_touching, self.tta,
-            self.per_slice, self.z_stitch, self.stitch_threshold, self.store,
+            self.image, self.model, self.model_file, self.ensemble, self.mode, self.tile,
+            self.overlap, self.batch_size, self.device, self.precision, self.split_touching,
+            self.tta, self.per_slice, self.z_stitch, self.stitch_threshold, self.store,
             self.store_path, self.overwrite, self.scheduler, self.view_only, self.run_button,
             self.cancel_button, self.progress, self.status,
         ])
@@ -167,7 +173,7 @@ class SegmentWidget(Container):
         return config.replace(mode=resolve_mode(config.mode, meta,
                                                 int(meta["model"]["out_channels"])))
 
-    def _output_path(self, layer: Any, config: Any, n_voxels: int, model_path: Path
+    def _output_path(self, layer: Any, config: Any, n_voxels: int, models: list[Path]
                      ) -> Path | None:
         choice = self.store.value
         if choice == "memory" or (choice == "auto" and n_voxels <= IN_MEMORY_LIMIT):
@@ -180,7 +186,7 @@ class SegmentWidget(Container):
         # Managed location: stable for the same layer (its identity, not its name: two
         # layers may share a name), model and settings, so a second run resumes the first.
         # The engine resumes it only if the data is unchanged, else recomputes it (see run).
-        key = hashlib.sha1(f"{layer.unique_id}|{model_path}|{config.to_json()}".encode()
+        key = hashlib.sha1(f"{layer.unique_id}|{models}|{config.to_json()}".encode()
                            ).hexdigest()
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer.name)[:40]
         return Path(tempfile.gettempdir()) / "napari-unet" / f"{safe}-{key[:10]}.zarr"
@@ -197,8 +203,8 @@ class SegmentWidget(Container):
             show_error("napari-unet: no image layer; open or select an image first")
             return None
         try:
-            model_path = self.model_path()
-            meta = read_metadata(model_path)
+            models = self._models.paths()
+            meta = read_metadata(models[0])  # an ensemble's members agree (checked)
             spatial_dims = int(meta["model"]["spatial_dims"])
             config = self._config(meta, layer)
             self._distance = meta.get("output") == "distance"
@@ -210,17 +216,17 @@ class SegmentWidget(Container):
                 data = data[region + (slice(None),) * (data.ndim - len(region))]
                 output = None
             else:
-                output = self._output_path(layer, config, int(data.size), model_path)
+                output = self._output_path(layer, config, int(data.size), models)
                 if output is not None and self.store.value == "auto":
                     # The widget's own store of this layer: painted or replaced data is
                     # segmented again rather than refused (a store the user chose is not).
                     config = config.replace(overwrite=True)
-            return self._start(layer, data, model_path, config, output, region, spatial_dims)
+            return self._start(layer, data, models, config, output, region, spatial_dims)
         except NapariUnetError as err:  # a refusal is a notification; a bug keeps its traceback
             show_error(f"napari-unet: {err}")
             return None
 
-    def _start(self, layer, data, model_path, config, output, region, spatial_dims):
+    def _start(self, layer, data, models, config, output, region, spatial_dims):
         from ..api import predict_iter
         from ..events import BlockDone, Notice, Progress, StageStarted, Writing
 
@@ -242,9 +248,9 @@ class SegmentWidget(Container):
 
         def make(job):
             if not address:
-                return predict_iter(str(model_path), data, output, config,
+                return predict_iter(_model_argument(models), data, output, config,
                                     cancel=job.is_cancelled)
-            return _on_cluster(address, model_path, source, output, config, job)
+            return _on_cluster(address, _model_argument(models), source, output, config, job)
 
         def on_event(event):
             if isinstance(event, StageStarted):

@@ -11,7 +11,8 @@
    synthetic result above (level 0 alone against level 0 plus pyramid).
 
     xvfb-run -a .venv/bin/python benchmarks/pyramid_viewing.py [--side 20000]
-    xvfb-run -a .venv/bin/python benchmarks/pyramid_viewing.py --volume 512,2048,2048
+    xvfb-run -a .venv/bin/python benchmarks/pyramid_viewing.py --volume 512,2048,2048 \
+        [--chunks 8,128,128]
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "pyramid_viewing.json"
 BLOCK = 2048
 
 
-def write_result(path: Path, shape: tuple[int, ...], pyramid: bool) -> float:
+def write_result(path: Path, shape: tuple[int, ...], pyramid: bool,
+                 chunks: tuple[int, ...] | None = None) -> float:
     """A synthetic labels result (2D, or 3D: the 2D pattern in slabs of 64 slices) written
     block by block through the engine's store and pyramid builder; returns the seconds."""
     from napari_unet.data.synthetic import synthetic_nuclei
@@ -45,7 +47,7 @@ def write_result(path: Path, shape: tuple[int, ...], pyramid: bool) -> float:
     _, tile = synthetic_nuclei((side, side), seed=0)
     tile = tile.astype(np.uint32)
     block = (64, side, side) if three_d else (side, side)
-    chunks = (64, 64, 64) if three_d else (256, 256)
+    chunks = chunks or ((64, 64, 64) if three_d else (256, 256))
     lower = level_shapes(shape)[1:] if pyramid else []
     factors = [[1] * (len(shape) - 2) + [2**k, 2**k] for k in range(len(lower) + 1)]
     arrays = {"labels": dict(shape=shape, chunks=chunks, dtype="uint32", levels=lower)}
@@ -75,11 +77,15 @@ def write_result(path: Path, shape: tuple[int, ...], pyramid: bool) -> float:
 def view(path: Path, multiscale: bool) -> dict:
     """In this process: open the result in napari and time what a user waits for."""
     import napari
-    import zarr
     from qtpy.QtWidgets import QApplication
 
-    group = zarr.open_group(str(path / "labels"), mode="r")
-    levels = [group[n] for n in sorted((n for n, _ in group.arrays()), key=int)]
+    from napari_unet.io import open_volume
+
+    # As the segment widget and the reader give them to napari: dask arrays over the levels
+    # (napari indexes a multiscale level's non-displayed axes after its displayed ones: a
+    # zarr array would be read whole along z first, a dask array only at the slice shown).
+    level0, info = open_volume(path)
+    levels = [level0, *info.multiscale]
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1200, 900)
     app = QApplication.instance()
@@ -129,26 +135,28 @@ def run_cost(tmp: Path, side: int) -> dict:
                       for m in ("instances", "probabilities")}}
 
 
-def volume(shape: tuple[int, ...]) -> None:
+def volume(shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> None:
     """A large 3D result: written with its pyramid, validated, opened in napari."""
     import zarr
     from ome_zarr_models.v05 import ImageLabel
 
     tmp = Path(tempfile.mkdtemp(prefix="nu-pyramid3d-"))
     try:
-        seconds = write_result(tmp / "volume.zarr", shape, pyramid=True)
+        seconds = write_result(tmp / "volume.zarr", shape, pyramid=True, chunks=chunks)
         model = ImageLabel.from_zarr(zarr.open_group(str(tmp / "volume.zarr/labels"),
                                                      mode="r"))
         datasets = model.ome_attributes.multiscales[0].datasets
         group = zarr.open_group(str(tmp / "volume.zarr/labels"), mode="r")
-        record = {"shape": list(shape), "write_s": seconds, "ome_zarr_models": "valid",
+        record = {"shape": list(shape), "chunks": list(group["0"].chunks), "write_s": seconds,
+                  "ome_zarr_models": "valid",
                   "levels": [list(group[d.path].shape) for d in datasets]}
         proc = subprocess.run([sys.executable, __file__, "--view", str(tmp / "volume.zarr"),
                                "--multiscale"], capture_output=True, text=True, timeout=1800)
         record["view"] = (json.loads(proc.stdout.strip().splitlines()[-1])
                           if proc.returncode == 0 else {"error": proc.stderr[-500:]})
         print(json.dumps(record), flush=True)
-        out = RESULTS.with_name("pyramid_viewing_3d.json")
+        out = RESULTS.with_name("pyramid_viewing_3d_{}.json".format(
+            "x".join(map(str, group["0"].chunks))))
         out.write_text(json.dumps(record, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -163,12 +171,15 @@ def main() -> None:
     parser.add_argument("--volume", help="instead: write a 3D result of this shape (e.g. "
                                              "512,2048,2048), validate it with "
                                              "ome-zarr-models and open it multiscale")
+    parser.add_argument("--chunks", help="--volume: chunk shape of the result (default "
+                                         "64,64,64; e.g. 8,128,128: thin in z)")
     args = parser.parse_args()
     if args.view is not None:
         print(json.dumps(view(args.view, args.multiscale)))
         return
     if args.volume:
-        volume(tuple(int(v) for v in args.volume.split(",")))
+        volume(tuple(int(v) for v in args.volume.split(",")),
+               tuple(int(v) for v in args.chunks.split(",")) if args.chunks else None)
         return
     tmp = Path(tempfile.mkdtemp(prefix="nu-pyramid-"))
     try:

@@ -35,7 +35,7 @@ fi
 # torch first, from its own spec, so the project's "torch>=2.2" keeps it.
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
 if [ "$WITH_TEST" = 1 ]; then
-  .venv/bin/python -m pip install -q -e '.[testing,distributed,bioimageio,onnx,figures]'
+  .venv/bin/python -m pip install -q -e '.[testing,distributed,bioimageio,onnx,figures,formats]'
 else
   .venv/bin/python -m pip install -q -e .
 fi

@@ -15,12 +15,17 @@ import dask.array as da
 import numpy as np
 
 __all__ = ["InputError", "VolumeInfo", "open_volume", "SUPPORTED_DTYPES", "RESULT_ATTR",
-           "IMAGE_SUFFIXES", "PLAIN_IMAGE_SUFFIXES", "is_image_path"]
+           "IMAGE_SUFFIXES", "PLAIN_IMAGE_SUFFIXES", "VENDOR_SUFFIXES", "is_image_path"]
 
 # Plain 2D image files, read whole into memory (they are small by nature).
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# Microscope vendor formats, read lazily through bioio where bioio and the format's reader
+# plugin are installed (bioio-czi, bioio-nd2, bioio-lif, ...); the plugin that reads each.
+VENDOR_SUFFIXES = {".czi": "bioio-czi", ".nd2": "bioio-nd2", ".lif": "bioio-lif",
+                   ".lsm": "bioio-tifffile", ".ims": "bioio-imaris", ".oir": "bioio-bioformats",
+                   ".vsi": "bioio-bioformats"}
 # Every file or folder kind open_volume reads.
-IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", *PLAIN_IMAGE_SUFFIXES)
+IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", *PLAIN_IMAGE_SUFFIXES, *VENDOR_SUFFIXES)
 
 # Group attribute written by the prediction engine; also read back here to find the result.
 RESULT_ATTR = "napari_unet"
@@ -190,6 +195,31 @@ def _open_plain(path: Path) -> tuple[da.Array, VolumeInfo]:
     return da.from_array(image, chunks=image.shape), VolumeInfo(str(path), axes=axes)
 
 
+def open_with_bioio(path: Path) -> tuple[da.Array, VolumeInfo]:
+    """A file through bioio (its first scene), lazily: axes of size 1 among T, C and Z
+    dropped, the voxel size from its metadata."""
+    plugin = VENDOR_SUFFIXES.get(path.suffix.lower(), "the bioio plugin for the format")
+    try:
+        from bioio import BioImage
+    except ImportError as err:
+        raise InputError(f"{str(path)!r}: {path.suffix} files are read through bioio: pip "
+                         f"install bioio {plugin}") from err
+    try:
+        image = BioImage(str(path))
+        data, order = image.dask_data, image.dims.order
+        sizes = image.physical_pixel_sizes
+    except Exception as err:
+        raise InputError(f"{str(path)!r} could not be read through bioio ({err}); is its "
+                         f"reader installed? pip install {plugin}") from err
+    keep = [i for i, a in enumerate(order) if a in "YX" or data.shape[i] > 1]
+    arr = data[tuple(slice(None) if i in keep else 0 for i in range(data.ndim))]
+    axes = "".join(order[i] for i in keep)
+    known = {a: getattr(sizes, a, None) for a in "ZYX"}
+    scale = (tuple(float(known.get(a) or 1.0) for a in axes)
+             if any(known.values()) and set(axes) <= set("TCZYX") else None)
+    return arr, VolumeInfo(str(path), scale, axes)
+
+
 def is_image_path(path: Path) -> bool:
     """Whether ``path`` names something :func:`open_volume` reads (by its name)."""
     return path.suffix.lower() in IMAGE_SUFFIXES
@@ -202,8 +232,9 @@ def open_volume(source: Any) -> tuple[da.Array, VolumeInfo]:
     ----------
     source : array-like or path
         numpy / dask / zarr array, or a path to a zarr array or group (OME-Zarr: level 0,
-        a napari-unet result: its result array), to a TIFF file (read lazily), or to a PNG,
-        JPEG or BMP image (read whole).
+        a napari-unet result: its result array), to a TIFF file (read lazily), to a PNG,
+        JPEG or BMP image (read whole), or to a microscope file (CZI, ND2, LIF, ...: read
+        lazily through bioio where it and the format's plugin are installed).
 
     Returns
     -------
@@ -225,14 +256,16 @@ def open_volume(source: Any) -> tuple[da.Array, VolumeInfo]:
             arr, info = _open_tiff(path)
         elif suffix in PLAIN_IMAGE_SUFFIXES and path.is_file():
             arr, info = _open_plain(path)
+        elif suffix in VENDOR_SUFFIXES and path.is_file():
+            arr, info = open_with_bioio(path)
         elif path.is_dir() and (suffix == ".zarr" or (path / "zarr.json").exists()
                                 or (path / ".zarray").exists() or (path / ".zgroup").exists()):
             arr, info = _open_zarr_path(path)
         else:
             raise InputError(
-                f"input {str(path)!r} is neither a zarr store nor a TIFF, PNG, JPEG or BMP "
-                "file; give a .zarr folder or a .tif / .png / .jpg / .bmp file (or an array "
-                "from Python)"
+                f"input {str(path)!r} is neither a zarr store nor a TIFF, PNG, JPEG, BMP or "
+                f"microscope file ({', '.join(VENDOR_SUFFIXES)}, through bioio); give a .zarr "
+                "folder or such a file (or an array from Python)"
             )
     elif isinstance(source, da.Array):
         arr, info = source, VolumeInfo("dask array", reader=_zarr_behind(source))

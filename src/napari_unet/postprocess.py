@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "probabilities",
     "semantic",
+    "interior_threshold",
     "semantic_dtype",
     "seed_labels",
     "object_sizes",
@@ -59,14 +60,27 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def interior_threshold(metadata: dict, mode: str) -> float | None:
+    """The probability an interior voxel needs to seed an instance: the model's
+    ``interior_threshold`` (chosen on validation images and stored with it) for instance
+    labelling of an instance model; None (the argmax) otherwise."""
+    value = metadata.get("interior_threshold")
+    if mode != "instances" or metadata.get("label_mode") != "instances" or value is None:
+        return None
+    return float(value)
+
+
 def semantic(logits, threshold: float = 0.5, output: str = "classes",
-             seed_threshold: float = 0.5):  # torch.Tensor (C, ...) -> (...)
+             seed_threshold: float = 0.5, interior_threshold: float | None = None
+             ):  # torch.Tensor (C, ...) -> (...)
     """Class index per voxel: ``p > threshold`` for binary models, argmax otherwise.
 
     Distance models: 0 background (foreground probability up to ``threshold``), 1 seed
     (normalised distance above ``seed_threshold``), 2 the rest of the object -- the classes
     that instance labelling seeds and regrows, as for a background / interior / boundary
-    model.
+    model.  ``interior_threshold`` (instance labelling of a background / interior / boundary
+    [/ contact] model): an interior voxel (the argmax) is a seed only where its probability
+    exceeds it, else boundary -- seeds of confident cores separate touching objects better.
     """
     if output == DISTANCE_OUTPUT:
         fg = logits[0] > _logit(threshold)
@@ -74,7 +88,14 @@ def semantic(logits, threshold: float = 0.5, output: str = "classes",
         return (fg.to(_torch_dtype("uint8")) * (2 - seed.to(_torch_dtype("uint8"))))
     if logits.shape[0] == 1:
         return (logits[0] > _logit(threshold)).to(dtype=_torch_dtype(semantic_dtype(1)))
-    return logits.argmax(dim=0).to(dtype=_torch_dtype(semantic_dtype(logits.shape[0])))
+    classes = logits.argmax(dim=0)
+    if interior_threshold is not None and logits.shape[0] >= 3:
+        import torch
+
+        unsure = (classes == 1) & (torch.softmax(logits.float(), dim=0)[1]
+                                   <= float(interior_threshold))
+        classes = torch.where(unsure, torch.full_like(classes, 2), classes)
+    return classes.to(dtype=_torch_dtype(semantic_dtype(logits.shape[0])))
 
 
 def semantic_dtype(out_channels: int) -> str:

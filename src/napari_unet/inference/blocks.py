@@ -174,8 +174,9 @@ def block_arrays(
         return "probabilities", probs.cpu().numpy()
     name = "labels" if config.mode == "semantic" else "semantic"
     return name, postprocess.semantic(
-        logits, config.threshold, output,
-        float(metadata.get("seed_threshold", 0.5))).cpu().numpy()
+        logits, config.threshold, output, float(metadata.get("seed_threshold", 0.5)),
+        postprocess.interior_threshold(metadata, config.mode)).cpu().numpy()
+
 
 
 def direct_reader(layout: Layout, info: Any) -> Callable[[tuple[Any, ...]], np.ndarray] | None:

@@ -164,6 +164,9 @@ def _predict(spec: ModelSpec, image: Any, output: Any, config: PredictConfig,
     model_record = spec.describe()  # hashes the weights: once, however many plans are tried
     if postprocess.output_kind(spec.metadata) == postprocess.DISTANCE_OUTPUT:
         model_record["seed_threshold"] = float(spec.metadata.get("seed_threshold", 0.5))
+    interior = postprocess.interior_threshold(spec.metadata, config.mode)
+    if interior is not None:  # it changes the seeds: part of the job
+        model_record["interior_threshold"] = interior
     # What proves a resumed store's input unchanged (an in-memory result never resumes).
     content = input_record(array, source, info.reader) if output is not None else None
 

@@ -232,7 +232,7 @@ def main() -> None:
             marks = marks0.copy()
             # With boundary strokes the U-Net has its three classes from round 0
             # (TrainConfig.scribble_boundary), so corrections continue the same model.
-            boundary = args.merge_class == "boundary" and method == "unet"
+            boundary = args.merge_class == "boundary" and method in ("unet", "unet-forest")
             init, n_classes = None, 3 if boundary else 2
             for rnd in range(args.rounds + 1 if method != "otsu" else 1):
                 t0 = time.time()

@@ -158,6 +158,10 @@ CONFIG = TrainConfig(
 )
 
 
+# Interior probabilities tried as the seed rule (None: the argmax), chosen on val.
+INTERIOR_THRESHOLDS = (None, 0.5, 0.6, 0.7)
+
+
 def _save_widened(old, config, state: dict, run: Path, name: str, drop: tuple = ()) -> str:
     """Save ``state`` as a model of architecture ``config`` with ``old``'s metadata."""
     new = nu.UNet(config)
@@ -286,9 +290,26 @@ def main() -> None:
             [make_target(lab, "instances", CONFIG.boundary_width, CONFIG.core)
              for lab in train_labels], CONFIG.boundary_width)
         print(f"seeds regrow {model.metadata['grow']} px")
-    preds = [nu.predict(model, to_rgb(img) if args.rgb else img, mode="instances", device="cpu")
-             for img in val_images]
-    ours = evaluate(zip(preds, val_labels, strict=True), val_stems)
+    def predict_val(threshold: float | None) -> list:
+        model.metadata.pop("interior_threshold", None)
+        if threshold is not None:
+            model.metadata["interior_threshold"] = threshold
+        return [nu.predict(model, to_rgb(img) if args.rgb else img, mode="instances",
+                           device="cpu") for img in val_images]
+
+    # The probability an interior pixel needs to seed a nucleus, chosen on val (per-image
+    # AP@0.5; None: the argmax) and stored with the model.
+    trials = {}
+    for threshold in INTERIOR_THRESHOLDS if CONFIG.target == "classes" else (None,):
+        preds = predict_val(threshold)
+        trials[threshold] = (evaluate(zip(preds, val_labels, strict=True), val_stems), preds)
+        print(f"interior threshold {threshold}: val AP@0.5 "
+              f"{trials[threshold][0].summary['ap50'][0]:.4f}", flush=True)
+    best = max(trials, key=lambda t: (trials[t][0].summary["ap50"][0], t is None))
+    ours, preds = trials[best]
+    model.metadata.pop("interior_threshold", None)
+    if best is not None:
+        model.metadata["interior_threshold"] = best
     otsu = evaluate(((otsu_baseline(i), lab) for i, lab in zip(val_images, val_labels,
                                                                strict=True)), val_stems)
     print("\nnapari-unet nuclei model on DSB 2018 val (whole images):")
@@ -309,7 +330,8 @@ def main() -> None:
     if args.install:
         dest = Path(nu.__file__).parent / "models" / "nuclei2d.safetensors"
         half = nu.load_model(args.run / "best.safetensors")
-        meta = dict(half.metadata, **{k: model.metadata[k] for k in ("grow",)
+        meta = dict(half.metadata, **{k: model.metadata[k]
+                                      for k in ("grow", "interior_threshold")
                                       if k in model.metadata})
         meta.pop("train_config", None)
         meta.update(

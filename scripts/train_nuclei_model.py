@@ -7,8 +7,8 @@ with ``--install``, copies it into the package as the default model (stored as f
     .venv/bin/python scripts/train_nuclei_model.py --data ../shared/data/dsb2018 \
         --run runs/nuclei2d [--minutes 50] [--install]
 
-The shipped model was made in eight runs on a 2-core CPU (about 200 minutes). The first two ran before
-``invert`` and ``pair_sampling`` existed (hence the flags): the command above with
+The shipped model was made in eight runs on a 2-core CPU (about 200 minutes). The first two
+ran before ``invert`` and ``pair_sampling`` existed (hence the flags): the command above with
 ``--invert never --pair-sampling by_size`` (50-minute budget, early stopping ended it after 45
 epochs), then a fine-tuning run from its best checkpoint:
 

@@ -379,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write all scores to this JSON file")
     p.add_argument("--figures", help="folder for figures (matplotlib): summary.png and "
                                      "input / truth / prediction / errors of the worst images")
-    p.add_argument("--worst", type=int, default=8, help="how many worst images get a figure")
+    from .figures import WORST_FIGURES
+
+    p.add_argument("--worst", type=int, default=WORST_FIGURES,
+                   help="how many worst images get a figure")
     p.add_argument("--images", help="the input images (same names), shown in the figures")
     p.set_defaults(func=_evaluate)
 

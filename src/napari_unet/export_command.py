@@ -7,11 +7,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .config import EXPORT_FORMATS, QUANTIZE_MODES
 from .errors import InputError
 
-__all__ = ["add_export_parser", "EXPORT_FORMATS"]
-
-EXPORT_FORMATS = ("bioimageio", "onnx")
+__all__ = ["add_export_parser"]
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -64,8 +63,6 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 def add_export_parser(sub: Any) -> None:
     """The ``export`` subcommand of the ``napari-unet`` parser."""
-    from .onnx_export import QUANTIZE_MODES
-
     p = sub.add_parser("export", help="write a model as a bioimage.io model package (.zip) or "
                                       "an ONNX file (.onnx)")
     p.add_argument("model", help="a model file, or 'nuclei' for the built-in model")

@@ -19,6 +19,8 @@ from .errors import InputError
 __all__ = ["available", "history_figure", "comparison_figure", "summary_figure",
            "error_overlay", "evaluation_figures"]
 
+# Images that get a comparison figure in an evaluation, by default (lowest scores first).
+WORST_FIGURES = 8
 # Colours of the errors panel: matched objects, false positives, missed objects.
 MATCHED, FALSE_POSITIVE, MISSED = (0.2, 0.8, 0.3), (0.95, 0.25, 0.2), (0.25, 0.55, 1.0)
 
@@ -180,7 +182,7 @@ def summary_figure(rows: Sequence[Mapping[str, Any]],
 
 
 def evaluation_figures(report: Any, load: Callable[[str], tuple[Any, Any, Any]],
-                       folder: str | os.PathLike, worst: int = 8,
+                       folder: str | os.PathLike, worst: int = WORST_FIGURES,
                        metric: str = "ap50") -> list[Path]:
     """``summary.png`` of an :class:`~napari_unet.evaluation.EvaluationReport` and a
     comparison figure for each of its ``worst`` lowest-scoring images by ``metric``

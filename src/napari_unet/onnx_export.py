@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import QUANTIZE_MODES
 from .errors import InputError
 from .model.onnx_model import META_KEY, OnnxModel, onnx_session, require_onnx
 
 __all__ = ["export_onnx", "quantize_onnx", "QUANTIZE_MODES"]
 
-QUANTIZE_MODES = ("none", "int8")
 # Largest difference between the exported file's and torch's logits on a random input that
 # export accepts (float32 rounding is ~1e-5 here).
 _EXPORT_TOLERANCE = 1e-3
@@ -29,6 +29,16 @@ def _metadata(model: Any) -> dict[str, Any]:
     meta = dict(getattr(model, "metadata", {}))
     meta.pop("train_config", None)
     return {"config": model.config.to_dict(), "metadata": meta}
+
+
+def _write_metadata(path: Path, stored: dict[str, Any]) -> None:
+    """Put ``stored`` (config and metadata) into the ONNX file's ``metadata_props``."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(stored)
+    onnx.save(proto, str(path))
 
 
 def export_onnx(model: Any, path: str | os.PathLike, opset: int = 17) -> Path:
@@ -49,8 +59,6 @@ def export_onnx(model: Any, path: str | os.PathLike, opset: int = 17) -> Path:
         onnx / onnxruntime missing, or the exported network disagrees with torch.
     """
     require_onnx()
-    import onnx
-
     from .inference.device import inference_module
     from .inference.plan import recommended_tile
     from .inference.spec import resolve_model
@@ -79,10 +87,7 @@ def export_onnx(model: Any, path: str | os.PathLike, opset: int = 17) -> Path:
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": axes, "logits": axes})
         expected = module(x).numpy()
-    proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(_metadata(spec.module))
-    onnx.save(proto, str(tmp))
+    _write_metadata(tmp, _metadata(spec.module))
     got = onnx_session(tmp).run(None, {"input": x.numpy()})[0]
     diff = float(np.abs(got - expected).max())
     if diff > _EXPORT_TOLERANCE:
@@ -93,34 +98,31 @@ def export_onnx(model: Any, path: str | os.PathLike, opset: int = 17) -> Path:
     return path
 
 
-def _calibration_tiles(images: Iterable[np.ndarray], meta: dict[str, Any], in_channels: int,
-                       tile: Sequence[int], per_image: int, seed: int) -> list[np.ndarray]:
+def _calibration_tiles(images: Iterable[np.ndarray], spec: Any, tile: Sequence[int],
+                       per_image: int, seed: int) -> list[np.ndarray]:
     """Normalised tiles of ``images`` as the engine feeds them (colour averaged to gray for
-    a one-channel model, the model's percentiles and inversion), ``per_image`` random
-    windows of ``tile`` from each."""
+    a one-channel model, then :func:`~.inference.job.job_normalization`, the engine's own
+    rule), ``per_image`` random windows of ``tile`` from each."""
     import dask.array as da
 
-    from .normalize import DEFAULT_PERCENTILES, percentile_normalization
+    from .config import PredictConfig
+    from .inference.job import job_normalization
 
-    norm_meta = meta.get("normalization") or {}
-    pct = ((float(norm_meta["low"]), float(norm_meta["high"]))
-           if norm_meta.get("kind") == "percentile" else DEFAULT_PERCENTILES)
     dims = len(tile)
     rng = np.random.default_rng(seed)
     tiles = []
     for image in images:
         image = np.asarray(image, dtype=np.float32)
-        if in_channels == 1 and image.ndim == dims + 1 and image.shape[-1] in (3, 4):
+        if spec.in_channels == 1 and image.ndim == dims + 1 and image.shape[-1] in (3, 4):
             image = image[..., :3].mean(axis=-1)  # RGB(A) for a gray model, as predict reads it
         if image.ndim == dims:
             image = image[None]
         if image.ndim != dims + 1:
             raise InputError(f"calibration image of shape {image.shape}: expected {dims} "
                              f"spatial axes (and a leading channel axis for several channels)")
-        if norm_meta.get("kind") != "none":
-            norm = percentile_normalization(da.from_array(image), 0, pct,
-                                            invert=str(norm_meta.get("invert", "never")))
-            image = norm.apply(image)
+        norm, _ = job_normalization(da.from_array(image), 0, spec, PredictConfig(),
+                                    "calibration image")
+        image = norm.apply(image)
         # Pad small images up to the tile (reflect, as the engine pads image borders).
         pad = [(0, 0)] + [(0, max(0, t - s)) for t, s in zip(tile, image.shape[1:],
                                                               strict=True)]
@@ -149,7 +151,6 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike,
         The written file (metadata carried over).
     """
     require_onnx()
-    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -158,14 +159,13 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    src, dst = Path(src), Path(dst)
-    model = OnnxModel(src)
     from .inference.plan import recommended_tile
     from .inference.spec import resolve_model
 
-    tile = recommended_tile(resolve_model(model))
-    tiles = _calibration_tiles(calibration, model.metadata, model.in_channels, tile,
-                               per_image, seed)
+    src, dst = Path(src), Path(dst)
+    model = OnnxModel(src)
+    spec = resolve_model(model)
+    tiles = _calibration_tiles(calibration, spec, recommended_tile(spec), per_image, seed)
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -184,12 +184,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike,
                         weight_type=QuantType.QInt8)
     finally:
         prepared.unlink(missing_ok=True)
-    proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    meta = {"config": model.config_dict,
-            "metadata": {**model.metadata, "quantized": "int8"}}
-    entry.key, entry.value = META_KEY, json.dumps(meta)
-    onnx.save(proto, str(tmp))
+    _write_metadata(tmp, {"config": model.config_dict,
+                          "metadata": {**model.metadata, "quantized": "int8"}})
     os.replace(tmp, dst)
     return dst
 

@@ -151,9 +151,6 @@ class SegmentWidget(Container):
         self._distance = False  # the model of the last run predicts distances
         warm_up()
 
-    def model_path(self) -> Path:
-        return self._models.path()
-
     # -- run --------------------------------------------------------------------------------
     def _config(self, meta: dict[str, Any], layer: Any) -> PredictConfig:
         spatial_dims = int(meta["model"]["spatial_dims"])

@@ -8,7 +8,7 @@ gets the same defaults everywhere.  Configs round-trip through plain dicts, JSON
 """
 
 from ._base import Config, ConfigError, Option, int_tuple, option, options_of, parse_ints
-from .model import NORMS, ModelConfig
+from .model import EXPORT_FORMATS, NORMS, QUANTIZE_MODES, ModelConfig
 from .predict import (
     BLENDINGS,
     DEVICES,
@@ -37,6 +37,7 @@ from .train import (
 __all__ = [
     "Config", "ConfigError", "Option", "option", "options_of", "parse_ints", "int_tuple",
     "ModelConfig", "PredictConfig", "TrainConfig", "NORMS", "MODES", "LABEL_OUTPUTS",
+    "EXPORT_FORMATS", "QUANTIZE_MODES",
     "IN_MEMORY_VOXELS",
     "PRECISIONS", "BLENDINGS", "DEVICES", "LABEL_MODES", "TARGETS", "SCRIBBLE_PRIORS",
     "LOSSES", "CLASS_WEIGHTS",

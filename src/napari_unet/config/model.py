@@ -6,9 +6,12 @@ import dataclasses
 
 from ._base import Config, ConfigError, document, int_tuple, option
 
-__all__ = ["ModelConfig", "NORMS"]
+__all__ = ["ModelConfig", "NORMS", "EXPORT_FORMATS", "QUANTIZE_MODES"]
 
 NORMS = ("auto", "batch", "instance", "group", "none")
+# What ``napari-unet export`` writes, and how an ONNX export may be quantised.
+EXPORT_FORMATS = ("bioimageio", "onnx")
+QUANTIZE_MODES = ("none", "int8")
 
 
 @document

@@ -89,8 +89,8 @@ def test_instance_model_fine_tuned_from_scribbles_keeps_its_classes(tmp_path):
 
     base = tiny_unet(2, out_channels=4)
     init = nu.save_model(base, tmp_path / "inst.safetensors", label_mode="instances",
-                         core=0.3, grow=5, class_names=["background", "interior", "boundary",
-                                                        "contact"],
+                         core=0.3, grow=5, interior_threshold=0.6,
+                         class_names=["background", "interior", "boundary", "contact"],
                          normalization={"kind": "percentile", "low": 2.0, "high": 99.0,
                                         "invert": "auto"})
     image, labels = synthetic_nuclei((96, 96), radius=(6, 9), seed=4)
@@ -101,7 +101,7 @@ def test_instance_model_fine_tuned_from_scribbles_keeps_its_classes(tmp_path):
     model = nu.load_model(result.last_model)
     meta = model.metadata
     assert model.config.out_channels == 4 and meta["label_mode"] == "instances"
-    assert meta["grow"] == 5 and meta["core"] == 0.3
+    assert meta["grow"] == 5 and meta["core"] == 0.3 and meta["interior_threshold"] == 0.6
     # The init model's normalisation was used (and stored), not the config's defaults.
     assert meta["normalization"] == {"kind": "percentile", "low": 2.0, "high": 99.0,
                                      "invert": "auto"}
@@ -116,6 +116,53 @@ def test_instance_model_fine_tuned_from_scribbles_keeps_its_classes(tmp_path):
     three = np.where(marks == 2, 3, marks).astype(np.uint8)
     with pytest.raises(nu.InputError, match="two values"):
         nu.train([(image, three)], cfg, run_dir=tmp_path / "x")
+
+
+def test_partial_loss_teacher_term_is_zero_at_the_teacher_and_only_where_unpainted():
+    target = torch.tensor([[[0, 1, IGNORE], [1, 0, IGNORE]]])
+    logits = torch.randn(1, 4, 2, 3, generator=torch.Generator().manual_seed(0))
+    plain = partial_scribble_loss(logits, target)
+    assert torch.isclose(partial_scribble_loss(logits, target, logits.clone()), plain)
+    teacher = logits.clone()
+    teacher[0, :, :, :2] = torch.randn(4, 2, 2)  # painted voxels: the strokes decide there
+    assert torch.isclose(partial_scribble_loss(logits, target, teacher), plain)
+    teacher[0, 1, :, 2] += 5.0  # unpainted voxels the teacher calls interior
+    assert partial_scribble_loss(logits, target, teacher) > plain + 0.1
+
+
+def test_model_prior_keeps_the_instance_model_where_nothing_is_painted(tmp_path):
+    from .helpers import tiny_unet
+
+    torch.manual_seed(1)
+    base = tiny_unet(2, out_channels=3)
+    init = nu.save_model(base, tmp_path / "inst.safetensors", label_mode="instances",
+                         grow=5, class_names=["background", "interior", "boundary"],
+                         normalization={"kind": "percentile", "low": 1.0, "high": 99.8,
+                                        "invert": "never"})
+    image, labels = synthetic_nuclei((96, 96), radius=(6, 9), seed=4)
+    marks = _strokes(labels)
+    unpainted = marks == 0
+    before = np.asarray(nu.predict(str(init), image, mode="probabilities", device="cpu"))
+    drift = {}
+    for prior in ("none", "model"):
+        cfg = TrainConfig(model=ModelConfig(spatial_dims=2, depth=2, base_filters=4),
+                          label_mode="scribbles", init_model=str(init), scribble_prior=prior,
+                          lr=3e-2, **{**TINY, "epochs": 3})
+        result = nu.train([(image, marks)], cfg, run_dir=tmp_path / prior)
+        after = np.asarray(nu.predict(str(result.last_model), image, mode="probabilities",
+                                      device="cpu"))
+        drift[prior] = float(np.abs(after - before).sum(0)[unpainted].mean())
+    assert drift["model"] < 0.7 * drift["none"], drift
+    with pytest.raises(ConfigError, match="init_model"):
+        TrainConfig(label_mode="scribbles", scribble_prior="model")
+    scribble_model = nu.train([(image, marks)], TrainConfig(
+        model=ModelConfig(spatial_dims=2, depth=2, base_filters=4), label_mode="scribbles",
+        **TINY), run_dir=tmp_path / "two").last_model
+    with pytest.raises(nu.InputError, match="instance model"):
+        nu.train([(image, marks)], TrainConfig(
+            model=ModelConfig(spatial_dims=2, depth=2, base_filters=4),
+            label_mode="scribbles", init_model=str(scribble_model), scribble_prior="model",
+            **TINY), run_dir=tmp_path / "bad")
 
 
 def _discs(shape, centres, radius):

@@ -467,7 +467,7 @@ def test_scribbles_show_the_pixel_classifier_preview_first(make_napari_viewer, q
 
 def test_train_widget_fine_tunes_a_model_from_scribbles(make_napari_viewer, qtbot, tmp_path):
     """'start from' a registered instance model: scribbles keep its classes and its
-    architecture (the widget's depth and filters are disabled)."""
+    architecture (the widget's depth and filters are disabled); it is previewed at once."""
     viewer = make_napari_viewer()
     base = nu.save_model(tiny_unet(2, out_channels=4), tmp_path / "inst.safetensors",
                          label_mode="instances", grow=4)
@@ -488,9 +488,14 @@ def test_train_widget_fine_tunes_a_model_from_scribbles(make_napari_viewer, qtbo
     w.batch_size.value, w.epochs.value, w.steps.value = 2, 1, 2
     w.device.value = "cpu"
     w.run_dir.value = str(tmp_path / "run")
-    _wait(qtbot, w.start())
+    w.scribble_prior.value = "model"  # its own predictions where nothing is painted
+    job = w.start()
+    # The model to start from is previewed at once, before the first step.
+    assert w._preview_job is not None
+    _wait(qtbot, job)
     model = nu.load_model(w.result.last_model)
     assert model.config.out_channels == 4 and model.metadata["label_mode"] == "instances"
+    assert model.metadata["train_config"]["scribble_prior"] == "model"
     if w._preview_job is not None:
         _wait(qtbot, w._preview_job)
 

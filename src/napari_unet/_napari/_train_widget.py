@@ -318,6 +318,9 @@ class TrainWidget(Container):
         self.start_button.enabled = False
         self.stop_button.enabled = True
         self.job = _workers.start(make, on_event, on_done, on_finished=on_finished)
+        if config.init_model is not None and self.preview.value and not resume:
+            # The model to fine-tune, before any step: what the strokes will change.
+            self._start_preview(image_layer, Path(config.init_model), dims)
         return self.job
 
     def stop(self) -> None:

@@ -25,7 +25,7 @@ __all__ = ["TrainConfig", "LABEL_MODES", "LOSSES", "INVERT_MODES", "PAIR_SAMPLIN
 
 LABEL_MODES = ("instances", "classes", "scribbles")
 TARGETS = ("classes", "distance")
-SCRIBBLE_PRIORS = ("none", "forest")
+SCRIBBLE_PRIORS = ("none", "forest", "model")
 LOSSES = ("auto", "bce_dice", "ce_dice", "dice", "ce", "focal")
 CLASS_WEIGHTS = ("auto", "none")
 INVERT_MODES = ("never", "always", "auto")
@@ -69,7 +69,10 @@ class TrainConfig(Config):
                 "nothing (only painted voxels count).  'forest': a random-forest pixel "
                 "classifier fitted to the strokes in seconds (multiscale filter features, as "
                 "ilastik) labels the unpainted voxels it is confident about, and the network "
-                "learns those too.", choices=SCRIBBLE_PRIORS)
+                "learns those too.  'model' (fine-tuning an instance model, init_model, from "
+                "scribbles): the model's own class probabilities before training where "
+                "nothing is painted, so the strokes change it where they disagree with it "
+                "and it keeps what it knew elsewhere.", choices=SCRIBBLE_PRIORS)
     scribble_boundary: bool = option(
         False, "Scribbles: stroke value 3 marks the boundary between touching objects (a line "
                "where they meet): the model learns background / object / boundary and its "
@@ -176,6 +179,13 @@ class TrainConfig(Config):
         if self.scribble_boundary and self.label_mode != "scribbles":
             raise ConfigError("scribble_boundary needs label_mode='scribbles', got "
                               f"label_mode={self.label_mode!r}")
+        if self.scribble_prior == "model" and (self.label_mode != "scribbles"
+                                               or self.init_model is None):
+            raise ConfigError(
+                "scribble_prior='model' keeps a fine-tuned model's own predictions where "
+                "nothing is painted: it needs label_mode='scribbles' and init_model (the "
+                f"instance model to start from), got label_mode={self.label_mode!r}, "
+                f"init_model={self.init_model!r}")
         if self.target != "classes" and self.label_mode != "instances":
             raise ConfigError(f"target={self.target!r} needs label_mode='instances' (dense "
                               f"instance labels), got label_mode={self.label_mode!r}")

@@ -115,7 +115,11 @@ def _step(run: Run, batch: tuple[Any, ...], on_device: bool, fmt: torch.memory_f
     run.optimizer.zero_grad(set_to_none=True)
     with autocast(run.device, run.precision):
         logits = run.model(x)
-    loss = run.loss_fn(logits.float(), t)
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher = run.teacher(x)
+    loss = (run.loss_fn(logits.float(), t) if run.teacher is None
+            else run.loss_fn(logits.float(), t, teacher.float()))
     run.scaler.scale(loss).backward()
     return loss
 
@@ -166,6 +170,8 @@ def train_iter(
     config.save(folder.path / "config.yaml")
     fmt = memory_format(config.model.spatial_dims)
     run.model.to(run.device, memory_format=fmt)
+    if run.teacher is not None:
+        run.teacher.to(run.device, memory_format=fmt)
     train_mode(run.model, run.partial)
     for st in run.optimizer.state.values():  # a resumed optimiser's state onto the device
         for k, v in st.items():

@@ -137,17 +137,25 @@ def distance_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _mean_over(fg_loss, valid) + dice + _mean_over(d_loss, valid)
 
 
-def partial_scribble_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def partial_scribble_loss(logits: torch.Tensor, target: torch.Tensor,
+                          teacher: torch.Tensor | None = None) -> torch.Tensor:
     """Scribbles (0 background, 1 object, IGNORE elsewhere) for a model with more classes
     than that: class 0 is background and any other class is a part of an object, so a stroke
     of 1 asks for the summed probability of classes 1.. (their log-sum-exp).  Background and
-    object strokes weigh equally, however many voxels each has."""
+    object strokes weigh equally, however many voxels each has.  ``teacher``: the logits of
+    the model before fine-tuning; where nothing is painted the loss adds the KL divergence
+    from its class probabilities (weighted as one stroke class), so the model keeps what it
+    knew there (``scribble_prior="model"``)."""
     logp = F.log_softmax(logits.float(), dim=1)
     fg = torch.logsumexp(logp[:, 1:], dim=1)
     per = -torch.where(target == 1, fg, logp[:, 0])
     loss = logits.new_zeros(())
     for value in (0, 1):
         loss = loss + _mean_over(per, (target == value).to(per.dtype)) / 2
+    if teacher is not None:
+        logq = F.log_softmax(teacher.float(), dim=1)
+        kl = (logq.exp() * (logq - logp)).sum(dim=1)
+        loss = loss + _mean_over(kl, (target == IGNORE).to(kl.dtype)) / 2
     return loss
 
 

@@ -4,6 +4,7 @@ metadata its checkpoints carry."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
@@ -58,6 +59,7 @@ class Run:
     distance: bool  # a distance model: seeds chosen after training
     partial: bool  # an instance model fine-tuned from scribbles: norms frozen
     grow_for: Callable[[float], int] | None
+    teacher: torch.nn.Module | None = None  # scribble_prior="model": the model before training
 
     @property
     def per_step(self) -> bool:
@@ -154,7 +156,7 @@ def _metadata(config: TrainConfig, n_classes: int, init: Any, partial: bool,
     if partial:  # still the init model's kind of model: its classes, seeds and regrowth
         metadata.update({k: init.metadata[k] for k in (
             "label_mode", "boundary_width", "core", "class_names", "grow", "tile",
-            "rgb_to_gray") if k in init.metadata})
+            "interior_threshold", "rgb_to_gray") if k in init.metadata})
         return metadata, None
     if config.label_mode != "instances" or not (config.core > 0 or distance):
         return metadata, None
@@ -219,6 +221,13 @@ def prepare_run(train_data: Sequence[Any], val_data: Sequence[Any] | None,
     model = UNet(model_cfg)
     if init is not None:
         model.load_state_dict(init.state_dict())
+    teacher = None
+    if config.scribble_prior == "model":
+        if not partial:
+            raise InputError(
+                f"scribble_prior='model' needs an instance model to start from (init_model "
+                f"{config.init_model!r} is not one): choose 'forest' or 'none'")
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
     sd, patch = model_cfg.spatial_dims, tuple(config.patch_size)
     augmenter = (Augmenter(sd, anisotropic=config.anisotropic, scale=config.zoom)
                  if config.augment else None)
@@ -249,4 +258,4 @@ def prepare_run(train_data: Sequence[Any], val_data: Sequence[Any] | None,
         scheduler=make_scheduler(optimizer, config),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         device=device, precision=precision, metadata=meta, distance=distance,
-        partial=partial, grow_for=grow_for)
+        partial=partial, grow_for=grow_for, teacher=teacher)

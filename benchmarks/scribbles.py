@@ -22,6 +22,8 @@ ones, where they meet).  Methods:
   as pseudo-labels).
 - ``unet-builtin`` (2D): the built-in nuclei model fine-tuned from the strokes (its classes
   kept: background strokes vs any part of an object).
+- ``unet-builtin-model`` (2D): the same with ``scribble_prior="model"`` (the built-in
+  model's own class probabilities before training where nothing is painted).
 
 Instances: connected components of the foreground, or split at the necks of the distance
 transform (``split_touching``, radius from the object strokes' length) -- both reported;
@@ -159,18 +161,20 @@ def train_config(ndim: int, method: str, init: str | None, steps: int,
     per_epoch = 25 if ndim == 2 else 20
     # A fresh network at the default peak rate; a model trained on (a correction round, or
     # the built-in model) at a tenth of it.
-    lr = TrainConfig().lr if init is None and method != "unet-builtin" else 2e-4
+    builtin = method.startswith("unet-builtin")
+    lr = TrainConfig().lr if init is None and not builtin else 2e-4
     return cfg.replace(label_mode="scribbles", epochs=max(1, steps // per_epoch),
                        steps_per_epoch=per_epoch, val_patches=8, patience=10**6, lr=lr,
                        schedule="onecycle", precision="auto", device="cpu",
-                       scribble_prior="forest" if method == "unet-forest" else "none",
+                       scribble_prior={"unet-forest": "forest",
+                                       "unet-builtin-model": "model"}.get(method, "none"),
                        scribble_boundary=boundary,
                        init_model=init)
 
 
 def run_unet(method: str, image, marks, steps: int, run: Path, init: str | None,
              boundary: bool = False):
-    if method == "unet-builtin" and init is None:
+    if method.startswith("unet-builtin") and init is None:
         from napari_unet.models import default_model_path
 
         init = str(default_model_path())
@@ -212,6 +216,8 @@ def main() -> None:
                         help="what the merge strokes paint where two nuclei touch: background "
                              "(1) or a third class, boundary (3: a 3-class model whose "
                              "instances are its object class grown into the boundary)")
+    parser.add_argument("--tag", default="",
+                        help="suffix of the results files (keeps earlier runs' files)")
     parser.add_argument("--table", action="store_true", help="print the stored results")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -227,7 +233,7 @@ def main() -> None:
         print(f"== {name}: {image.shape}, {len(np.unique(labels)) - 1} objects, radius "
               f"{radius}, {int((marks0 > 0).sum())} painted voxels", flush=True)
         for method in args.methods:
-            if method == "unet-builtin" and nd != 2:
+            if method.startswith("unet-builtin") and nd != 2:
                 continue
             marks = marks0.copy()
             # With boundary strokes the U-Net has its three classes from round 0
@@ -256,7 +262,7 @@ def main() -> None:
                                                  steps[0 if init is None else 1], run, init,
                                                  boundary)
                     init = str(init)
-                    if method == "unet-builtin":
+                    if method.startswith("unet-builtin"):
                         inst = np.asarray(nu.predict(model, image, mode="instances",
                                                      device="cpu"))
                         fg = inst > 0
@@ -283,7 +289,8 @@ def main() -> None:
                             shown, labels, marks, rnd + 1, args.merge_strokes,
                             value=3 if args.merge_class == "boundary" else 1)
         suffix = ("-merges" if args.merge_strokes else "") + (
-            "-boundary" if args.merge_class == "boundary" else "")
+            "-boundary" if args.merge_class == "boundary" else "") + (
+            f"-{args.tag}" if args.tag else "")
         (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(
             {"task": name, "shape": list(image.shape), "radius": radius,
              "objects": int(len(np.unique(labels)) - 1), "rows": rows}, indent=1))

@@ -22,8 +22,8 @@ Variants (``--variants``):
 The forest's preview and the built-in model's before any training (``builtin-0``) are
 scored too.
 
-``--steps-per-epoch``, ``--patch``, ``--lr`` and ``--epochs`` override the preset for every
-variant (how often the preview comes, and what each step costs).
+``--steps-per-epoch``, ``--patch``, ``--lr``, ``--schedule`` and ``--epochs`` override the
+preset for every variant (how often the preview comes, and what each step costs).
 
     .venv/bin/python benchmarks/scribble_preview.py [--tasks dsb_a dsb_b dsb_c]
         [--variants new builtin builtin-lr] [--seconds 120] [--steps-per-epoch 10]
@@ -46,7 +46,7 @@ import scribbles  # noqa: E402
 
 import napari_unet as nu  # noqa: E402
 from napari_unet.config import ModelConfig, TrainConfig  # noqa: E402
-from napari_unet.config.train import DEFAULT_PATCH  # noqa: E402
+from napari_unet.config.train import DEFAULT_PATCH, SCHEDULES  # noqa: E402
 from napari_unet.events import EpochEnd  # noqa: E402
 from napari_unet.model.checkpoint import read_metadata  # noqa: E402
 from napari_unet.models import default_model_path  # noqa: E402
@@ -77,6 +77,8 @@ def widget_config(image: np.ndarray, variant: str, args: argparse.Namespace) -> 
     changes = {"steps_per_epoch": args.steps_per_epoch} if args.steps_per_epoch else {}
     if args.epochs:
         changes["epochs"] = args.epochs
+    if args.schedule:
+        changes["schedule"] = args.schedule
     return TrainConfig.preset(
         "interactive", model=model, patch_size=patch, label_mode="scribbles", lr=lr,
         scribble_prior=prior, init_model=init,
@@ -172,6 +174,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--patch", type=int, nargs="*", default=None)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--schedule", choices=SCHEDULES, default=None)
     parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--runs", default="runs/scribble_preview")
     parser.add_argument("--table", action="store_true", help="print the stored results")

@@ -46,7 +46,7 @@ import scribbles  # noqa: E402
 
 import napari_unet as nu  # noqa: E402
 from napari_unet.config import ModelConfig, TrainConfig  # noqa: E402
-from napari_unet.config.train import DEFAULT_PATCH, SCHEDULES  # noqa: E402
+from napari_unet.config.train import SCHEDULES, auto_patch  # noqa: E402
 from napari_unet.events import EpochEnd  # noqa: E402
 from napari_unet.model.checkpoint import read_metadata  # noqa: E402
 from napari_unet.models import default_model_path  # noqa: E402
@@ -66,12 +66,7 @@ def widget_config(image: np.ndarray, variant: str, args: argparse.Namespace) -> 
     init = str(default_model_path()) if builtin else None
     model = (ModelConfig(spatial_dims=sd) if init is None
              else ModelConfig.from_dict(read_metadata(init)["model"]))
-    if args.patch:
-        patch = tuple(args.patch)
-    else:  # the widget's "auto": the default patch, clipped to the image
-        m = model.size_multiple
-        patch = tuple(min(w, (s // k) * k) for s, k, w in zip(
-            image.shape, m, DEFAULT_PATCH[sd], strict=True))
+    patch = tuple(args.patch) if args.patch else auto_patch(image.shape, model)
     defaults = TrainConfig.preset("interactive")
     lr = (args.lr or defaults.lr) * share
     changes = {"steps_per_epoch": args.steps_per_epoch} if args.steps_per_epoch else {}

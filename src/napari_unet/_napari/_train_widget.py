@@ -27,7 +27,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from ..config import DEVICES, ModelConfig, TrainConfig, options_of, parse_ints
-from ..config.train import DEFAULT_PATCH
+from ..config.train import DEFAULT_PATCH, auto_patch
 from ..errors import InputError, NapariUnetError
 from . import _workers
 from ._config_widgets import option_value, option_widget
@@ -45,19 +45,6 @@ __all__ = ["TrainWidget", "DIMS_2D", "DIMS_3D", "DIMS_SLICES"]
 
 DIMS_2D, DIMS_3D, DIMS_SLICES = "2D", "3D", "3D stack as 2D slices"
 NEW_MODEL, FILE_CHOICE = "new model", "model file..."
-
-
-def _auto_patch(shape: tuple[int, ...], multiple: tuple[int, ...], wanted: tuple[int, ...]
-                ) -> tuple[int, ...]:
-    out = []
-    for s, m, w in zip(shape, multiple, wanted, strict=True):
-        p = min(w, (s // m) * m)
-        if p < m:
-            raise InputError(
-                f"the image ({shape}) is too small for this depth: each axis needs at least "
-                f"{m} pixels; lower the depth")
-        out.append(p)
-    return tuple(out)
 
 
 class TrainWidget(Container):
@@ -226,8 +213,7 @@ class TrainWidget(Container):
         patch_spatial = spatial[-sd:]
         patch = parse_ints(self.patch.value)
         if patch is None:
-            wanted = DEFAULT_PATCH[sd]
-            patch = _auto_patch(patch_spatial, model.size_multiple, wanted)
+            patch = auto_patch(patch_spatial, model)
         values = {name: option_value(getattr(self, attr), TrainConfig, name) for attr, name in (
             ("label_mode", "label_mode"), ("target", "target"), ("core", "core"),
             ("scribble_prior", "scribble_prior"), ("scribble_boundary", "scribble_boundary"),

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import InputError
 from ._base import (
     Config,
     ConfigError,
@@ -21,7 +22,7 @@ from .predict import PRECISIONS
 
 __all__ = ["TrainConfig", "LABEL_MODES", "LOSSES", "INVERT_MODES", "PAIR_SAMPLINGS",
            "SCHEDULES", "TARGETS", "SCRIBBLE_PRIORS", "CLASS_WEIGHTS", "PRESETS",
-           "DEFAULT_PATCH"]
+           "DEFAULT_PATCH", "auto_patch"]
 
 LABEL_MODES = ("instances", "classes", "scribbles")
 TARGETS = ("classes", "distance")
@@ -34,6 +35,22 @@ SCHEDULES = ("plateau", "cosine", "onecycle")
 
 # The training patch where none is given, by spatial dimensions.
 DEFAULT_PATCH = {2: (256, 256), 3: (32, 96, 96)}
+
+
+def auto_patch(shape: tuple[int, ...], model: ModelConfig) -> tuple[int, ...]:
+    """The training patch for images of spatial ``shape`` (the train widget's "auto"): the
+    default patch, clipped to the image in multiples of the model's pooling product."""
+    out = []
+    for s, m, w in zip(shape, model.size_multiple, DEFAULT_PATCH[model.spatial_dims],
+                       strict=True):
+        p = min(w, (s // m) * m)
+        if p < m:
+            raise InputError(
+                f"the image ({shape}) is too small for this depth: each axis needs at least "
+                f"{m} pixels; lower the depth")
+        out.append(p)
+    return tuple(out)
+
 
 # Named sets of changes to the defaults, for the widget and the console alike:
 # ``TrainConfig.preset("interactive")``.

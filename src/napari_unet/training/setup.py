@@ -4,7 +4,6 @@ metadata its checkpoints carry."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
@@ -227,7 +226,7 @@ def prepare_run(train_data: Sequence[Any], val_data: Sequence[Any] | None,
             raise InputError(
                 f"scribble_prior='model' needs an instance model to start from (init_model "
                 f"{config.init_model!r} is not one): choose 'forest' or 'none'")
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        teacher = init.eval().requires_grad_(False)  # the loaded model, left as it is
     sd, patch = model_cfg.spatial_dims, tuple(config.patch_size)
     augmenter = (Augmenter(sd, anisotropic=config.anisotropic, scale=config.zoom)
                  if config.augment else None)
